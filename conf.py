@@ -1,0 +1,91 @@
+"""Sphinx configuration for NeMo RL Advanced Topics.
+
+Build from the repository root: ``sphinx-build -c . docs _build/html`` (or ``nox -s docs``).
+Source pages live in ``docs/``; notebooks live in ``examples/`` and reach the site through
+the relative symlink ``docs/examples -> ../examples``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "examples"))  # so notebooks and autodoc find ``rlref`` without install
+
+# -- Project information -----------------------------------------------------
+project = "NeMo RL Advanced Topics"
+author = "NeMo RL Advanced Topics contributors"
+copyright = "2026, NeMo RL Advanced Topics contributors"
+repository_url = os.environ.get("DOCS_REPOSITORY_URL", "https://github.com/NVIDIA-NeMo/RL-advanced-topics")
+
+# -- Extensions --------------------------------------------------------------
+extensions = [
+    "myst_nb",  # MyST Markdown pages and executable notebooks (includes myst_parser)
+    "sphinx_design",  # grid cards, badges, tabs
+    "sphinx_copybutton",  # copy buttons on code cells
+    "sphinx.ext.intersphinx",  # links to the Python and PyTorch API docs
+]
+
+# -- MyST options ------------------------------------------------------------
+myst_enable_extensions = [
+    "amsmath",  # \begin{align} ... environments
+    "dollarmath",  # $inline$ and $$display$$ math, with (label) numbering
+    "colon_fence",  # ::: fences for directives such as cards and admonitions
+    "deflist",
+    "fieldlist",
+    "substitution",
+]
+myst_dmath_double_inline = True
+myst_heading_anchors = 3
+# MathJax is served from docs/_static/mathjax (vendored from npm), so math renders offline.
+mathjax_path = "mathjax/tex-svg-full.js"
+math_numfig = True  # number display equations per page, and let {eq} cross-reference them
+numfig = True
+
+# -- Sources -------------------------------------------------------------------
+exclude_patterns = [
+    "_build",
+    "**/.ipynb_checkpoints",
+    "examples/rlref/**",
+    "examples/**/README.md",
+]
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+
+# -- Notebook execution (myst-nb + jupyter-cache) ------------------------------
+nb_execution_mode = os.environ.get("NB_EXECUTION_MODE", "cache")  # unchanged notebooks do not re-run
+nb_execution_cache_path = os.environ.get("NB_EXECUTION_CACHE_PATH", str(ROOT / "_build" / ".jupyter_cache"))
+nb_execution_timeout = 180  # seconds per notebook; a slower notebook fails the build
+nb_execution_raise_on_error = True  # a failing cell fails the build, naming notebook, cell and exception
+nb_execution_show_tb = True
+nb_merge_streams = True
+
+# -- HTML theme ----------------------------------------------------------------
+html_theme = "sphinx_book_theme"
+html_title = "NeMo RL Advanced Topics"
+html_static_path = ["docs/_static"]
+html_theme_options = {
+    "repository_url": repository_url,
+    "repository_branch": "main",
+    "path_to_docs": "docs",
+    "use_repository_button": True,
+    "use_edit_page_button": True,
+    "use_download_button": True,
+    "use_source_button": True,
+    "show_toc_level": 2,
+}
+html_last_updated_fmt = ""
+
+# Copy code, not prompts or outputs.
+copybutton_exclude = ".linenos, .gp, .go"
+copybutton_selector = "div:not(.output) > div.highlight pre"
+
+# -- Intersphinx -------------------------------------------------------------------
+# Inventories ship with the repository, so the build never needs the network.
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3", None),
+    "torch": ("https://docs.pytorch.org/docs/stable", None),
+}
+intersphinx_cache_limit = -1
+intersphinx_timeout = 5
