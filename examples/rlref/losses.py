@@ -393,8 +393,7 @@ class ClippedPGLoss:
         if beta != 0:
             ref = _get(data, "reference_policy_logprobs", full, dtype)[:, 1:]
             if "curr_logprobs_unfiltered" in data:
-                cu = _get(data, "curr_logprobs_unfiltered", (B, T), data["curr_logprobs_unfiltered"].dtype)
-                cu = cu.to(dtype)
+                cu = _get(data, "curr_logprobs_unfiltered", (B, T), dtype)
             else:
                 cu = curr
             if cfg.use_on_policy_kl_approximation:
