@@ -13,9 +13,9 @@ it is called with keywords and returns ``(loss, metrics)``::
 * ``GT`` / ``GS`` are the valid token / sequence counts over the *global* batch, so micro-batch
   losses add up to the full-batch loss.
 
-The loss is computed in float32 (NeMo RL casts to fp32 for the loss), or in float64 when
-``next_token_logprobs`` is float64. ``metrics`` values are Python floats (NLL's per-row mode reports
-a list), named exactly as NeMo RL names them.
+The loss is computed in float32 (as NeMo RL does, nemo_rl/algorithms/loss/loss_functions.py:223), or
+in float64 when ``next_token_logprobs`` is float64. ``metrics`` values are Python floats (NLL's
+per-row mode reports a list), named exactly as NeMo RL names them.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ class LossType(enum.Enum):
 
 
 class LossInputType(enum.Enum):
-    """What the model hands the loss. NeMo RL: ``LossInputType`` (nemo_rl/algorithms/loss/interfaces.py)."""
+    """What the model hands the loss.
+
+    NeMo RL: ``LossInputType`` (nemo_rl/algorithms/loss/interfaces.py:23-110).
+    """
 
     LOGIT = "logit"
     LOGPROB = "logprob"
@@ -74,8 +77,9 @@ def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     ``logits`` ``[B, S, V]`` (the last position is unused), ``input_ids`` ``[B, S]`` integer.
     Returns ``[B, S-1]`` in float32 (float64 if ``logits`` is float64).
 
-    NeMo RL: ``prepare_loss_input`` turns logits into these next-token log-probs before calling a
-    ``LossInputType.LOGPROB`` loss.
+    NeMo RL: ``prepare_loss_input`` (nemo_rl/algorithms/loss/utils.py:37-120) turns logits into these
+    next-token log-probs before calling a ``LossInputType.LOGPROB`` loss; hence the ``[:, 1:]`` slicing
+    of the ``[B, S]`` data tensors (nemo_rl/algorithms/loss/loss_functions.py:383-385).
     """
     if not isinstance(logits, torch.Tensor) or not isinstance(input_ids, torch.Tensor):
         raise TypeError("logits and input_ids must be torch.Tensors")
