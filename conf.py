@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "examples"))  # so notebooks and autodoc find ``rlref`` without install
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))  # this site's own small extension (site_extras.py)
 
 # -- Project information -----------------------------------------------------
 project = "NeMo RL Advanced Topics"
@@ -26,6 +27,7 @@ extensions = [
     "sphinx_design",  # grid cards, badges, tabs
     "sphinx_copybutton",  # copy buttons on code cells
     "sphinx.ext.intersphinx",  # links to the Python and PyTorch API docs
+    "site_extras",  # meta descriptions, tag pages, stored GPU outputs (docs/_ext/site_extras.py)
 ]
 
 # -- MyST options ------------------------------------------------------------
@@ -47,6 +49,9 @@ numfig = True
 # -- Sources -------------------------------------------------------------------
 exclude_patterns = [
     "_build",
+    "_ext",
+    "_static",
+    "_inventories",
     "**/.ipynb_checkpoints",
     "examples/rlref/**",
     "examples/**/README.md",
@@ -60,6 +65,8 @@ nb_execution_timeout = 180  # seconds per notebook; a slower notebook fails the 
 nb_execution_raise_on_error = True  # a failing cell fails the build, naming notebook, cell and exception
 nb_execution_show_tb = True
 nb_merge_streams = True
+# Stored full-scale GPU outputs (nox -s notebooks-gpu) are shown as they are, never re-executed.
+nb_execution_excludepatterns = ["gpu-runs/*/*.ipynb"]
 
 # -- HTML theme ----------------------------------------------------------------
 html_theme = "sphinx_book_theme"
@@ -82,10 +89,11 @@ copybutton_exclude = ".linenos, .gp, .go"
 copybutton_selector = "div:not(.output) > div.highlight pre"
 
 # -- Intersphinx -------------------------------------------------------------------
-# Inventories ship with the repository, so the build never needs the network.
+# Inventories ship with the repository (docs/_inventories/README.md says where each comes from),
+# so the build never needs the network; links still point at the online docs.
 intersphinx_mapping = {
-    "python": ("https://docs.python.org/3", None),
-    "torch": ("https://docs.pytorch.org/docs/stable", None),
+    "python": ("https://docs.python.org/3", str(ROOT / "docs" / "_inventories" / "python.inv")),
+    "torch": ("https://docs.pytorch.org/docs/stable", str(ROOT / "docs" / "_inventories" / "torch.inv")),
 }
-intersphinx_cache_limit = -1
+intersphinx_cache_limit = -1  # never expire the (local) inventories
 intersphinx_timeout = 5

@@ -20,7 +20,8 @@ import nox
 ROOT = Path(__file__).resolve().parent
 BUILD = ROOT / "_build"
 HTML = BUILD / "html"
-SPHINX_FLAGS = ["-W", "-n", "--keep-going", "-c", str(ROOT)]
+# -j auto: parallel read, so notebooks that are not in the cache execute in parallel.
+SPHINX_FLAGS = ["-W", "-n", "--keep-going", "-j", "auto", "-c", str(ROOT)]
 
 nox.options.sessions = ["docs", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -86,3 +87,72 @@ def linkcheck(session: nox.Session) -> None:
         "sphinx-build", "-c", str(ROOT), "-b", "linkcheck", "-D", "nb_execution_mode=off",
         "docs", str(BUILD / "linkcheck"),
     )
+
+
+@nox.session(name="notebooks-gpu")
+def notebooks_gpu(session: nox.Session) -> None:
+    """On a CUDA machine: run every notebook at full scale and store outputs + provenance.
+
+    Writes examples/gpu-runs/<section>/<slug>.ipynb and .json (device, driver, CUDA, torch, date,
+    sha256 of the notebook source). Install the CUDA build of the pinned torch first, e.g.
+    ``nox -s notebooks-gpu -- --torch-index https://download.pytorch.org/whl/cu128``.
+    """
+    args = list(session.posargs)
+    if "--torch-index" in args:
+        i = args.index("--torch-index")
+        session.install("torch==2.13.0", "--index-url", args[i + 1])
+        del args[i : i + 2]
+    install(session, "docs", "lab")
+    session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else "
+                "'notebooks-gpu needs a CUDA device: torch.cuda.is_available() is False')")
+    session.run(
+        "python", "tests/notebook_runner.py", "--store-gpu", "--quiet", "--timeout", "3600",
+        *(args or ["--all"]), env={"RLREF_SCALE": "full"},
+    )
+    session.log("Stored outputs under examples/gpu-runs/; commit them with the notebooks they belong to.")
+
+
+@nox.session(name="benchmark-build")
+def benchmark_build(session: nox.Session) -> None:
+    """Time a cold build (empty execution cache), a no-change rebuild and a one-page edit.
+
+    Also prints each notebook's execution time from jupyter-cache's records. Not a timed test:
+    the figures go into docs/contributing.md with the date and machine.
+    """
+    import time
+
+    install(session, "docs", "lab")
+    out = BUILD / "benchmark"
+    cache = out / ".jupyter_cache"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {"NB_EXECUTION_CACHE_PATH": str(cache)}
+    build = ["sphinx-build", *SPHINX_FLAGS, "-q", "-b", "html", "docs", str(out / "html")]
+    figures = {}
+
+    def timed(label: str) -> None:
+        start = time.perf_counter()
+        session.run(*build, env=env)
+        figures[label] = time.perf_counter() - start
+
+    timed("cold build (empty cache, every notebook executes)")
+    timed("no-change rebuild")
+    page = ROOT / "docs" / "contributing.md"
+    original = page.read_text(encoding="utf-8")
+    try:
+        page.write_text(original + "\n<!-- benchmark edit -->\n", encoding="utf-8")
+        timed("rebuild after editing one page")
+    finally:
+        page.write_text(original, encoding="utf-8")
+    session.run(
+        "python", "-c",
+        "import sys; from jupyter_cache import get_cache\n"
+        "for r in sorted(get_cache(sys.argv[1]).list_cache_records(), key=lambda r: r.uri):\n"
+        "    print(f\"{r.data.get('execution_seconds', float('nan')):7.1f} s  {r.uri}\")",
+        str(cache),
+    )
+    import os
+    import platform
+
+    session.log(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    for label, seconds in figures.items():
+        session.log(f"{seconds:7.1f} s  {label}")

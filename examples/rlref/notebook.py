@@ -65,7 +65,8 @@ class Run:
 
     def report(self) -> None:
         """Print how long the notebook took (the last cell of every notebook calls this)."""
-        print(f"Notebook executed in {self.elapsed():.1f} s at scale '{self.scale}' on {device_name(self.device)}.")
+        where = f"at scale '{self.scale}' on {device_name(self.device)}"
+        print(f"Notebook executed in {self.elapsed():.1f} s {where}.")
 
 
 def setup(seed: int = 0, scale: str | None = None, deterministic: bool = True) -> Run:

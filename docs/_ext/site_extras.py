@@ -1,0 +1,293 @@
+"""Small Sphinx extension for this site: page descriptions, tag pages and stored GPU outputs.
+
+- ``description`` front matter becomes the page's ``<meta name="description">``.
+- ``tags`` front matter is shown under the page title, and ``_tags/`` (generated, git-ignored)
+  holds a tags index plus one page per tag listing the pages that carry it.
+- ``examples/gpu-runs/<section>/<slug>.ipynb`` (+ ``.json`` provenance), written by
+  ``nox -s notebooks-gpu``, render as pages of their own without execution; the CPU notebook
+  page links to them with the hardware named, as long as the notebook source is unchanged
+  since the GPU run (same sha256). ``stale_gpu_runs`` is what the tests use to catch the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+GPU_RUNS = ROOT / "examples" / "gpu-runs"
+TAGS_DIR = "_tags"  # under docs/, git-ignored, rewritten only when its content changes
+
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+
+
+# -- Front matter ------------------------------------------------------------------
+def front_matter(path: Path) -> dict:
+    """The YAML front matter of a MyST file (``{}`` when there is none)."""
+    match = _FRONT_MATTER.match(path.read_text(encoding="utf-8"))
+    if not match:
+        return {}
+    data = yaml.safe_load(match.group(1)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: front matter must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def page_tags(data: dict, where: str = "") -> list[str]:
+    tags = data.get("tags", [])
+    if isinstance(tags, str):
+        tags = [t.strip() for t in tags.split(",") if t.strip()]
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise TypeError(f"{where}: tags must be a list of strings, got {tags!r}")
+    return [t.strip().lower() for t in tags]
+
+
+def tag_slug(tag: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"tag {tag!r} has no letters or digits")
+    return slug
+
+
+def scan_pages(srcdir: Path = DOCS) -> dict[str, dict]:
+    """docname -> front matter, for every Markdown page (notebooks through docs/examples)."""
+    pages = {}
+    for path in sorted(srcdir.rglob("*.md")):
+        rel = path.relative_to(srcdir)
+        if rel.parts[0] in {"_build", "_static", "_templates", TAGS_DIR} or "rlref" in rel.parts:
+            continue
+        if rel.name == "README.md":
+            continue
+        pages[rel.with_suffix("").as_posix()] = front_matter(path)
+    return pages
+
+
+def tag_pages(pages: dict[str, dict]) -> dict[str, str]:
+    """File name -> MyST text of the tags index and one page per tag."""
+    by_tag: dict[str, list[str]] = {}
+    for docname, data in pages.items():
+        for tag in page_tags(data, docname):
+            by_tag.setdefault(tag, []).append(docname)
+    files = {}
+    lines = [
+        "---",
+        "orphan: true",
+        "---",
+        "",
+        "(tags-index)=",
+        "# Tags",
+        "",
+        "Every tag used on this site, with its pages.",
+        "",
+    ]
+    for tag in sorted(by_tag):
+        lines.append(f"- {{doc}}`{tag} <{tag_slug(tag)}>` ({len(by_tag[tag])})")
+    files["index.md"] = "\n".join(lines) + "\n"
+    for tag, docnames in sorted(by_tag.items()):
+        body = [
+            "---",
+            "orphan: true",
+            "---",
+            "",
+            f"(tag-{tag_slug(tag)})=",
+            f"# Tag: {tag}",
+            "",
+            "Pages tagged with this word:",
+            "",
+        ]
+        body += [f"- {{doc}}`/{d}`" for d in sorted(docnames)]
+        body += ["", "See {doc}`all tags <index>`."]
+        files[f"{tag_slug(tag)}.md"] = "\n".join(body) + "\n"
+    return files
+
+
+def write_tag_pages(srcdir: Path = DOCS) -> Path:
+    """(Re)write ``docs/_tags``; untouched files keep their mtime, so no-change rebuilds stay fast."""
+    out = srcdir / TAGS_DIR
+    out.mkdir(exist_ok=True)
+    files = tag_pages(scan_pages(srcdir))
+    for name, text in files.items():
+        target = out / name
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+    for old in out.glob("*.md"):
+        if old.name not in files:
+            old.unlink()
+    return out
+
+
+# -- Stored GPU outputs ---------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuRun:
+    notebook: Path  # examples/<section>/<slug>.md
+    ipynb: Path  # examples/gpu-runs/<section>/<slug>.ipynb
+    provenance: dict
+
+    @property
+    def fresh(self) -> bool:
+        return (
+            self.provenance.get("source_sha256") == sha256_file(self.notebook)
+            if self.notebook.exists()
+            else False
+        )
+
+    def label(self) -> str:
+        p = self.provenance
+        return (
+            f"{p['device']} (driver {p['driver']}, CUDA {p['cuda']}, torch {p['torch']}), "
+            f"run on {p['date']} at scale '{p['scale']}'"
+        )
+
+
+REQUIRED_PROVENANCE = ("source", "source_sha256", "device", "driver", "cuda", "torch", "date", "scale")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def gpu_runs(root: Path = ROOT) -> list[GpuRun]:
+    """Every stored GPU run under ``root/examples/gpu-runs``; malformed entries raise ValueError."""
+    store = root / "examples" / "gpu-runs"
+    runs = []
+    for meta in sorted(store.glob("*/*.json")):
+        ipynb = meta.with_suffix(".ipynb")
+        if not ipynb.exists():
+            raise ValueError(f"{meta}: provenance without its notebook {ipynb.name}")
+        provenance = json.loads(meta.read_text(encoding="utf-8"))
+        missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
+        if missing:
+            raise ValueError(f"{meta}: provenance lacks {missing}")
+        expected = f"examples/{meta.parent.name}/{meta.stem}.md"
+        if provenance["source"] != expected:
+            raise ValueError(f"{meta}: source is {provenance['source']!r}, expected {expected!r}")
+        runs.append(GpuRun(notebook=root / expected, ipynb=ipynb, provenance=provenance))
+    for ipynb in sorted(store.glob("*/*.ipynb")):
+        if not ipynb.with_suffix(".json").exists():
+            raise ValueError(f"{ipynb}: stored GPU output without its provenance .json")
+    return runs
+
+
+def stale_gpu_runs(root: Path = ROOT) -> list[str]:
+    """Messages naming each stored GPU output whose notebook changed (or vanished) since the run."""
+    stale = []
+    for run in gpu_runs(root):
+        if not run.notebook.exists():
+            stale.append(
+                f"{run.ipynb.relative_to(root)}: its notebook {run.provenance['source']} no longer exists"
+            )
+        elif not run.fresh:
+            stale.append(
+                f"{run.ipynb.relative_to(root)}: {run.provenance['source']} changed since the GPU run "
+                "(sha256 differs); rerun `nox -s notebooks-gpu` on a CUDA machine"
+            )
+    return stale
+
+
+# -- Sphinx hooks ------------------------------------------------------------------
+def _builder_inited(app) -> None:
+    srcdir = Path(app.srcdir)
+    write_tag_pages(srcdir)
+    app.env.site_front_matter = scan_pages(srcdir)  # read again each build; cheap
+    root = Path(app.config.site_root or app.confdir)
+    runs = {}
+    for run in gpu_runs(root):
+        if run.fresh:
+            runs[run.notebook.relative_to(root).with_suffix("").as_posix()] = run
+    app.env.site_gpu_runs = runs
+    app.env.site_root = root
+
+
+def _tags_line(tags: list[str]) -> str:
+    links = " ".join(f"{{bdg-ref-secondary}}`{t} <tag-{tag_slug(t)}>`" for t in tags)
+    return f"\nTags: {links} · {{ref}}`all tags <tags-index>`\n"
+
+
+def _insert_after_title(text: str, insert: str) -> str:
+    """Put ``insert`` right after the first level-1 heading (outside front matter and fences)."""
+    lines = text.splitlines(keepends=True)
+    start = 0
+    match = _FRONT_MATTER.match(text)
+    if match:
+        start = match.group(0).count("\n")
+    fence = None
+    for i in range(start, len(lines)):
+        stripped = lines[i].lstrip()
+        if fence is None and (
+            stripped.startswith("```") or stripped.startswith("~~~") or stripped.startswith(":::")
+        ):
+            fence = stripped[:3]
+        elif fence is not None and stripped.startswith(fence):
+            fence = None
+        elif fence is None and lines[i].startswith("# "):
+            return "".join(lines[: i + 1]) + insert + "".join(lines[i + 1 :])
+    return text + insert
+
+
+def _source_read(app, docname: str, source: list[str]) -> None:
+    if docname.startswith("examples/gpu-runs/"):
+        source[0] = _gpu_page_source(app, docname, source[0])
+        return
+    data = getattr(app.env, "site_front_matter", {}).get(docname, {})
+    insert = ""
+    tags = page_tags(data, docname)
+    if tags:
+        insert += _tags_line(tags)
+    run = getattr(app.env, "site_gpu_runs", {}).get(docname)
+    if run is not None:
+        gpu_doc = "/" + run.ipynb.relative_to(app.env.site_root).with_suffix("").as_posix()
+        insert += (
+            f"\n:::{{note}}\nFull-scale outputs of this notebook on a GPU: {{doc}}`{gpu_doc}` "
+            f"({run.label()}). This page shows the small CPU run made while building the site.\n:::\n"
+            f"\n```{{toctree}}\n:hidden:\n\n{gpu_doc}\n```\n"
+        )
+    if insert:
+        source[0] = _insert_after_title(source[0], insert)
+
+
+def _gpu_page_source(app, docname: str, text: str) -> str:
+    """Put a provenance banner on top of a stored GPU notebook (a JSON .ipynb)."""
+    ipynb = Path(app.srcdir) / f"{docname}.ipynb"
+    meta = json.loads(ipynb.with_suffix(".json").read_text(encoding="utf-8"))
+    nb = json.loads(text)
+    cpu_doc = "/" + meta["source"].removesuffix(".md")
+    banner = (
+        f"# GPU run: {Path(meta['source']).stem}\n\n"
+        f":::{{important}}\nStored outputs of {{doc}}`{cpu_doc}` executed at full scale "
+        f"on **{meta['device']}** "
+        f"(driver {meta['driver']}, CUDA {meta['cuda']}, torch {meta['torch']}) on {meta['date']} by "
+        "`nox -s notebooks-gpu`. They are not re-executed by the site build.\n:::\n"
+    )
+    nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": banner, "id": "gpu-run-banner"})
+    # the notebook's own title becomes a section below the banner's title
+    for cell in nb["cells"][1:]:
+        if cell["cell_type"] == "markdown":
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = re.sub(r"^# ", "## ", src, count=1, flags=re.MULTILINE)
+            break
+    return json.dumps(nb)
+
+
+def _html_page_context(app, pagename, templatename, context, doctree) -> None:
+    meta = app.env.metadata.get(pagename, {})
+    description = meta.get("description") or getattr(app.env, "site_front_matter", {}).get(pagename, {}).get(
+        "description"
+    )
+    if description:
+        tag = f'<meta name="description" content="{html.escape(str(description), quote=True)}" />\n'
+        context["metatags"] = context.get("metatags", "") + tag
+
+
+def setup(app):
+    app.add_config_value("site_root", "", "env")  # repository root holding examples/ (default: confdir)
+    app.connect("builder-inited", _builder_inited)
+    app.connect("source-read", _source_read)
+    app.connect("html-page-context", _html_page_context)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,97 @@
+"""ruff over the code and over every notebook's code cells; codespell over the prose."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from notebook_runner import read_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE = ["tests", "examples/rlref", "conf.py", "noxfile.py", "docs/_ext", "docs/_inventories"]
+# In a notebook, imports sit in later cells (E402), a bare expression displays a value (B018),
+# a trailing semicolon hides one (E703), and a cell may redefine a name on purpose (F811).
+NOTEBOOK_IGNORE = "E402,B018,E703,F811"
+
+
+def tool(name: str) -> str:
+    """The tool installed next to this Python (nox's or the project's venv), else on PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: install the 'lint' extra (pip install -e .[lint])")
+    return found
+
+
+def notebook_sources() -> list[Path]:
+    """Every Markdown file with code cells: the notebooks in examples/ and pages in docs/."""
+    paths = sorted((ROOT / "examples").glob("*/*.md")) + sorted((ROOT / "docs").glob("*/*.md"))
+    return [p for p in paths if "{code-cell}" in p.read_text(encoding="utf-8")]
+
+
+def cells_as_python(path: Path) -> str:
+    """Code cells joined into one module; IPython magics and shell lines become comments."""
+    chunks = []
+    for i, cell in enumerate(read_notebook(path).cells):
+        if cell.cell_type != "code":
+            continue
+        lines = [
+            f"# {line}" if line.lstrip().startswith(("%", "!")) else line for line in cell.source.splitlines()
+        ]
+        chunks.append(f"# --- cell {i}\n" + "\n".join(lines) + "\n")
+    return "\n\n".join(chunks)
+
+
+def test_ruff_on_code():
+    proc = subprocess.run(
+        [tool("ruff"), "check", "--output-format", "concise", *CODE], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_on_notebook_code_cells(tmp_path):
+    sources = notebook_sources()
+    names = {}
+    for path in sources:
+        rel = path.relative_to(ROOT)
+        out = tmp_path / ("__".join(rel.with_suffix("").parts).replace("-", "_") + ".py")
+        out.write_text(cells_as_python(path), encoding="utf-8")
+        names[out.name] = rel.as_posix()
+    if not names:
+        pytest.fail("found no notebooks with code cells under examples/ or docs/")
+    cmd = [tool("ruff"), "check", "--output-format", "concise", "--config", str(ROOT / "pyproject.toml")]
+    cmd += ["--extend-ignore", NOTEBOOK_IGNORE, str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    report = proc.stdout + proc.stderr
+    for name, rel in names.items():
+        report = report.replace(name, rel + " (code cells)")
+    assert proc.returncode == 0, report
+
+
+def test_ruff_catches_a_bad_notebook_cell(tmp_path):
+    path = tmp_path / "bad.md"
+    path.write_text(
+        "# Bad\n\n```{code-cell} ipython3\nimport os\nx = undefined_name\n```\n", encoding="utf-8"
+    )
+    out = tmp_path / "bad.py"
+    out.write_text(cells_as_python(path), encoding="utf-8")
+    cmd = [
+        tool("ruff"),
+        "check",
+        "--output-format",
+        "concise",
+        "--config",
+        str(ROOT / "pyproject.toml"),
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1 and "F401" in proc.stdout and "F821" in proc.stdout
+
+
+def test_codespell_on_prose():
+    cmd = [tool("codespell"), "--toml", str(ROOT / "pyproject.toml"), "docs", "examples", "README.md"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

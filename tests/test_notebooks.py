@@ -1,0 +1,149 @@
+"""Notebooks: each runs on CPU within its budget, a failing cell fails the build, outputs are deterministic.
+
+The budget test reuses the site build's execution data (jupyter-cache records each notebook's run
+time), so a notebook executes once per test session; a notebook the build did not record is
+executed here with the budget as its timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from jupyter_cache import get_cache
+from notebook_runner import execute, notebooks, read_notebook
+from test_site_build import build_site
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = float(os.environ.get("NOTEBOOK_BUDGET_S", "90"))  # per notebook on a 2-core CI machine
+CACHE = Path(os.environ.get("NB_EXECUTION_CACHE_PATH", ROOT / "_build" / ".jupyter_cache"))
+TIMING = re.compile(r"Notebook executed in [0-9.]+ s|\(timing\)[^\n]*")
+
+NOTEBOOKS = notebooks(ROOT)
+
+
+def recorded_seconds(path: Path) -> float | None:
+    """The execution time jupyter-cache recorded for this notebook's current code, if any."""
+    if not CACHE.exists():
+        return None
+    try:
+        record = get_cache(str(CACHE)).match_cache_notebook(read_notebook(path))
+    except KeyError:
+        return None
+    return record.data.get("execution_seconds")
+
+
+@pytest.mark.parametrize(
+    "path", NOTEBOOKS, ids=[p.relative_to(ROOT / "examples").as_posix() for p in NOTEBOOKS]
+)
+def test_notebook_runs_on_cpu_within_budget(path):
+    build_site()  # executes (or reuses from the cache) every notebook once for the whole session
+    seconds = recorded_seconds(path)
+    if seconds is None:  # the build did not record it (e.g. it failed there): run it here for the message
+        seconds = execute(path, timeout=int(BUDGET_S)).seconds
+    assert seconds <= BUDGET_S, f"{path.name} took {seconds:.1f} s on CPU, budget {BUDGET_S:.0f} s"
+
+
+BROKEN = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# Broken notebook
+
+```{code-cell} ipython3
+x = 1
+```
+
+```{code-cell} ipython3
+raise ValueError("deliberately broken cell")
+```
+"""
+
+DETERMINISTIC = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# Determinism fixture
+
+```{code-cell} ipython3
+from rlref.notebook import setup
+
+run = setup(seed=0)
+```
+
+```{code-cell} ipython3
+import torch
+
+model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+x = torch.randn(64, 8, generator=run.generator(1))
+y = torch.randint(0, 4, (64,), generator=run.generator(2))
+for step in range(30):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print(f"loss after 30 steps: {loss.item():.6f}")
+print(torch.multinomial(torch.softmax(model(x[:2]), -1), 5, replacement=True, generator=run.generator(3)))
+```
+
+```{code-cell} ipython3
+run.report()
+```
+"""
+
+
+def test_failing_cell_fails_the_build_naming_notebook_cell_and_exception(tmp_path):
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "index.md").write_text("# Index\n\n```{toctree}\nbroken\n```\n", encoding="utf-8")
+    (src / "broken.md").write_text(BROKEN, encoding="utf-8")
+    cmd = [sys.executable, "-m", "sphinx", "-W", "-n", "--keep-going", "-q", "-c", str(ROOT)]
+    cmd += ["-b", "html", str(src), str(tmp_path / "html")]
+    env = {**os.environ, "NB_EXECUTION_CACHE_PATH": str(tmp_path / "cache")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # drop the traceback's colours
+    assert proc.returncode != 0, log
+    assert "broken.md" in log  # the notebook
+    assert 'raise ValueError("deliberately broken cell")' in log  # the cell
+    assert "ValueError: deliberately broken cell" in log  # the exception
+
+
+def test_notebook_runner_names_the_failing_cell(tmp_path):
+    path = tmp_path / "broken.md"
+    path.write_text(BROKEN, encoding="utf-8")
+    from notebook_runner import NotebookFailed
+
+    expected = r"broken\.md: cell 2 \(.raise ValueError.*ValueError: deliberately broken cell"
+    with pytest.raises(NotebookFailed, match=expected):
+        execute(path, timeout=60)
+
+
+def test_notebook_prints_identical_text_when_run_twice(tmp_path):
+    path = tmp_path / "determinism.md"
+    path.write_text(DETERMINISTIC, encoding="utf-8")
+    first, second = (execute(path, timeout=120) for _ in range(2))
+    texts = [TIMING.sub("<timing>", "".join(run.text_outputs())) for run in (first, second)]
+    assert "loss after 30 steps" in texts[0] and "<timing>" in texts[0]
+    assert texts[0] == texts[1], textwrap.shorten(texts[0], 500) + " != " + textwrap.shorten(texts[1], 500)
