@@ -31,6 +31,7 @@ __all__ = [
     "PEAK_TFLOPS",
     "Summary",
     "clip_fraction",
+    "policy_gradient_logit_grad",
     "environment_line",
     "float_format_table",
     "interleave",
@@ -55,14 +56,25 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown model"
+
+
 def environment_line(device: torch.device | str | None = None) -> str:
     """One line to print beside every measured number: device, torch (and CUDA) version, UTC time."""
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type == "cuda":
         name = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
     else:
-        name = f"CPU {platform.machine()} ({platform.processor() or 'unknown model'}), " \
-               f"{torch.get_num_threads()} threads"
+        name = f"CPU {platform.machine()} ({_cpu_model()}), {torch.get_num_threads()} threads"
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"[measured on {name}; torch {torch.__version__}; {now}]"
 
@@ -419,3 +431,26 @@ def clip_fraction(ratio: torch.Tensor, mask: torch.Tensor | None = None, ratio_c
         raise ValueError("mask selects no tokens")
     out = ((ratio < 1 - ratio_clip_min) | (ratio > 1 + ratio_clip_max)).to(torch.float64)
     return float((out * m).sum()) / total
+
+
+def policy_gradient_logit_grad(logits: torch.Tensor, tokens: torch.Tensor, advantages: torch.Tensor,
+                               global_valid_toks: float) -> torch.Tensor:
+    r"""Gradient of ``L = -(1/G) sum_i A_i log softmax(z_i)[y_i]`` with respect to the logits ``z``.
+
+    ``dL/dz_{i,v} = -(A_i / G) (1[v = y_i] - softmax(z_i)_v)`` (``G = global_valid_toks``, NeMo RL's
+    token-level normalisation). With ``G`` in the hundreds of thousands and ``softmax ~ 1/V``, most
+    entries are far below fp16's smallest subnormal, which is why fp16 training needs loss scaling.
+    ``logits`` ``[N, V]``, ``tokens`` ``[N]`` int64, ``advantages`` ``[N]``.
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() != 2:
+        raise ValueError("logits must be a floating tensor [N, V]")
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64 \
+            or tokens.shape != logits.shape[:1]:
+        raise ValueError(f"tokens must be an int64 tensor of shape [{logits.shape[0]}]")
+    if not isinstance(advantages, torch.Tensor) or advantages.shape != logits.shape[:1]:
+        raise ValueError(f"advantages must be a tensor of shape [{logits.shape[0]}]")
+    if not (isinstance(global_valid_toks, (int, float)) and global_valid_toks > 0):
+        raise ValueError(f"global_valid_toks must be positive, got {global_valid_toks!r}")
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    onehot = torch.nn.functional.one_hot(tokens, logits.shape[1]).to(torch.float64)
+    return -(advantages.to(torch.float64)[:, None] / global_valid_toks) * (onehot - p)
