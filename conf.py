@@ -83,6 +83,7 @@ html_theme_options = {
     "show_toc_level": 2,
 }
 html_last_updated_fmt = ""
+html_context = {"default_mode": "auto"}  # light/dark follows the reader's system (no console error)
 
 # Copy code, not prompts or outputs.
 copybutton_exclude = ".linenos, .gp, .go"
