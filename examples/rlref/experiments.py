@@ -1,0 +1,244 @@
+"""Helpers shared by the research notebooks: per-seed metrics of a run, and reproducibility checks.
+
+Metrics of one run (one number per seed, for :mod:`rlref.stats`):
+    :func:`final_value` (mean of the last steps), :func:`area_under_curve` (mean level of a learning
+    curve), :func:`steps_to_threshold` (sample efficiency, NaN when never reached) and
+    :func:`mean_pass_at_k` (the unbiased pass@k averaged over prompts; :func:`naive_pass_at_k` is the
+    biased plug-in estimate it replaces).
+Paired designs (every arm run with the same seeds):
+    :func:`paired_t_test` and :func:`paired_seeds_for_power`, the paired counterparts of
+    :func:`rlref.stats.welch_t_test` and :func:`rlref.stats.seeds_for_power`.
+Reproducibility:
+    :func:`parameter_fingerprint` (sha256 of a model's parameters), :func:`first_difference` (the
+    first step and metric where two runs differ), :func:`capture_rng_state` /
+    :func:`restore_rng_state` (Python, NumPy and PyTorch RNG state, the part of a run that NeMo RL does
+    not checkpoint) and :func:`chunked_sum` (the same numbers summed in a different order).
+
+Nothing here imports ``nemo_rl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import stats as _st
+
+from rlref.plotting import smooth
+from rlref.stats import TestResult, pass_at_k
+
+__all__ = [
+    "final_value", "area_under_curve", "steps_to_threshold", "mean_pass_at_k", "naive_pass_at_k",
+    "paired_t_test", "paired_seeds_for_power", "parameter_fingerprint", "first_difference",
+    "capture_rng_state", "restore_rng_state", "chunked_sum",
+]
+
+
+def _curve(values, name: str = "curve") -> np.ndarray:
+    a = np.asarray(values, dtype=float)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains non-finite values")
+    return a
+
+
+def final_value(curve, last: int = 5) -> float:
+    """Mean of the last ``last`` points of a learning curve: ``(1/L) Σ_{t=T-L}^{T-1} y_t``."""
+    a = _curve(curve)
+    if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= a.size:
+        raise ValueError(f"last must be an int in [1, {a.size}], got {last!r}")
+    return float(a[-last:].mean())
+
+
+def area_under_curve(curve) -> float:
+    """Normalised area under a learning curve (trapezoid rule over steps 0..T-1, divided by T-1).
+
+    ``AUC = (1/(T-1)) Σ_{t=0}^{T-2} (y_t + y_{t+1}) / 2``: the average level of the curve, in the
+    curve's own units, so a run that learns earlier scores higher at the same final value.
+    A single point is its own AUC.
+    """
+    a = _curve(curve)
+    if a.size == 1:
+        return float(a[0])
+    return float(((a[:-1] + a[1:]) / 2).mean())
+
+
+def steps_to_threshold(curve, threshold: float, window: int = 1) -> float:
+    """First step ``t`` at which the trailing ``window``-step mean of the curve reaches ``threshold``.
+
+    ``min {t : smooth(y, window)_t >= threshold}``, or NaN when the run never gets there (a
+    censored value: report how many runs reached it beside any average of the others).
+    """
+    a = _curve(curve)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    hit = np.flatnonzero(smooth(a, window) >= threshold)
+    return float(hit[0]) if hit.size else math.nan
+
+
+def _counts(correct_counts, n: int, k: int) -> np.ndarray:
+    if isinstance(n, bool) or not isinstance(n, int) or isinstance(k, bool) or not isinstance(k, int) \
+            or not 1 <= k <= n:
+        raise ValueError(f"need integers 1 <= k <= n, got n={n!r}, k={k!r}")
+    c = np.asarray(correct_counts)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(
+            f"correct_counts must be a non-empty 1-D sequence (one count per prompt), got shape {c.shape}"
+        )
+    if not np.issubdtype(c.dtype, np.number) or not np.all(np.equal(np.mod(c, 1), 0)) \
+            or c.min() < 0 or c.max() > n:
+        raise ValueError(f"correct_counts must be integers in [0, n={n}], got {c.tolist()}")
+    return c.astype(int)
+
+
+def mean_pass_at_k(correct_counts, n: int, k: int) -> float:
+    """Unbiased pass@k over prompts: ``mean_i [1 - C(n - c_i, k) / C(n, k)]``.
+
+    ``correct_counts[i]`` is the number ``c_i`` of correct responses among ``n`` sampled for prompt
+    ``i`` (:func:`rlref.stats.pass_at_k` per prompt).
+    """
+    c = _counts(correct_counts, n, k)
+    return float(np.mean([pass_at_k(n, int(ci), k) for ci in c]))
+
+
+def naive_pass_at_k(correct_counts, n: int, k: int) -> float:
+    """The plug-in estimate ``mean_i [1 - (1 - c_i/n)^k]``: biased low for k > 1 (shown in the notebook)."""
+    c = _counts(correct_counts, n, k)
+    return float(np.mean(1.0 - (1.0 - c / n) ** k))
+
+
+def _paired(x, y) -> np.ndarray:
+    a, b = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if a.size != b.size or a.size < 2:
+        raise ValueError(f"paired samples need the same number (>= 2) of seeds, got {a.size} and {b.size}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("paired samples contain non-finite values")
+    return a - b
+
+
+def paired_t_test(x, y) -> TestResult:
+    """Two-sided paired t-test on per-seed differences ``d_i = x_i - y_i`` (seed ``i`` in both arms).
+
+    ``t = mean(d) / (sd(d) / √n)`` with ``n - 1`` degrees of freedom; the effect size is
+    ``d_z = mean(d) / sd(d)``. Valid when seed ``i`` gives both arms the same initial weights, prompts
+    and random streams, so that ``x_i`` and ``y_i`` share their seed-to-seed luck.
+    """
+    d = _paired(x, y)
+    sd = d.std(ddof=1)
+    if sd == 0:
+        raise ValueError("paired_t_test is undefined when every per-seed difference is equal")
+    t = d.mean() / (sd / math.sqrt(d.size))
+    p = 2 * _st.t.sf(abs(t), d.size - 1)
+    return TestResult("paired t-test", float(t), float(p), float(d.mean() / sd))
+
+
+def paired_seeds_for_power(effect: float, sd_diff: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Seeds (pairs) for a two-sided paired t-test to detect a mean difference ``effect``.
+
+    Smallest ``n >= 2`` whose power under the noncentral t with ``n - 1`` degrees of freedom and
+    noncentrality ``effect / (sd_diff / √n)`` reaches ``power``; ``sd_diff`` is the measured sd of the
+    per-seed differences.
+    """
+    if effect <= 0 or sd_diff <= 0:
+        raise ValueError(f"effect and sd_diff must be positive, got effect={effect}, sd_diff={sd_diff}")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError(f"alpha and power must be in (0, 1), got alpha={alpha}, power={power}")
+    for n in range(2, 100_000):
+        df = n - 1
+        nc = effect / (sd_diff / math.sqrt(n))
+        crit = _st.t.ppf(1 - alpha / 2, df)
+        if _st.nct.sf(crit, df, nc) + _st.nct.cdf(-crit, df, nc) >= power:
+            return n
+    raise ValueError(f"more than 100000 seeds needed for effect={effect}, sd_diff={sd_diff}")
+
+
+def parameter_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape and raw bytes), in ``state_dict`` order.
+
+    Two models have equal fingerprints exactly when their states are bit-identical.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def first_difference(steps_a: Sequence[Mapping[str, float]],
+                     steps_b: Sequence[Mapping[str, float]]) -> tuple[int, str] | None:
+    """``(step, metric)`` of the first entry where two runs' per-step metrics differ, else None.
+
+    Pass ``History.deterministic()`` of each run (wall-clock keys removed). Values compare exactly
+    (NaN equals NaN); a step missing in one run, or a metric logged by one run only, is a difference.
+    """
+    for name, steps in (("steps_a", steps_a), ("steps_b", steps_b)):
+        if not isinstance(steps, Sequence) or not all(isinstance(s, Mapping) for s in steps):
+            raise TypeError(f"{name} must be a sequence of per-step metric dicts (History.deterministic())")
+    for i in range(max(len(steps_a), len(steps_b))):
+        if i >= len(steps_a) or i >= len(steps_b):
+            return i, "<missing step>"
+        a, b = steps_a[i], steps_b[i]
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                return i, key
+            x, y = float(a[key]), float(b[key])
+            if not (x == y or (math.isnan(x) and math.isnan(y))):
+                return i, key
+    return None
+
+
+def capture_rng_state() -> dict:
+    """The state of Python's ``random``, NumPy's global RNG, PyTorch's CPU RNG and (if present) every
+    CUDA device's RNG: what a checkpoint needs so that a resumed run continues the same random streams."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping) -> None:
+    """Put back a state from :func:`capture_rng_state`."""
+    missing = {"python", "numpy", "torch"} - set(state)
+    if missing:
+        raise ValueError(f"RNG state is missing {sorted(missing)}; pass the dict from capture_rng_state()")
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def chunked_sum(values: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum a 1-D tensor as a reduction split into chunks would: sequential partial sums of ``chunk``
+    consecutive elements, then a sequential sum of the partials (in the tensor's dtype).
+
+    Mathematically every ``chunk`` gives the same number; in floating point the rounding differs,
+    which is how split-K matrix multiplies, atomic adds and all-reduce orders change results.
+    """
+    if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
+        raise ValueError("values must be a 1-D floating-point tensor")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    n = values.numel()
+    blocks = torch.zeros(-(-n // chunk) * chunk, dtype=values.dtype)
+    blocks[:n] = values  # padding with zeros: x + 0 == x exactly, so it changes no partial sum
+    blocks = blocks.view(-1, chunk)
+    partials = torch.zeros(blocks.shape[0], dtype=values.dtype)
+    for j in range(chunk):  # left to right inside each chunk (all chunks at once)
+        partials = partials + blocks[:, j]
+    total = torch.zeros((), dtype=values.dtype)
+    for p in partials:  # then the partial sums, left to right
+        total = total + p
+    return total
