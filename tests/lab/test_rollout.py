@@ -125,6 +125,7 @@ def test_select_and_cat_keep_rows_consistent():
     assert torch.equal(part.input_ids[2], b.input_ids[7])
     both = RolloutBatch.cat([part, b.select(torch.tensor([True] + [False] * 23))])
     assert len(both) == 4 and torch.equal(both.input_ids[3], b.input_ids[0])
+    assert both.texts()[3] == b.texts()[0] and b.texts()[0].startswith("<bos>C")
     assert len(both.responses) == 4 and both.responses[0] == b.responses[0]
 
 

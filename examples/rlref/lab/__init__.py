@@ -52,6 +52,7 @@ from rlref.lab.train import (
     LabScale,
     SFTConfig,
     accumulate_gradients,
+    cpu_threads,
     dpo_train,
     evaluate,
     grpo_train,
@@ -69,6 +70,6 @@ __all__ = [
     "BOS_ID", "DIGIT_IDS", "EOS_ID", "MAX_DIFFICULTY", "PAD_ID", "REWARD_COMPONENTS", "TASK_NAMES", "TOKENS",
     "VOCAB_SIZE", "Problem", "Task", "decode", "encode", "make_task", "response_content", "score_responses",
     "ADV_ESTIMATORS", "FULL", "NONFINITE_MODES", "SMALL", "DPOConfig", "GRPOConfig", "History", "LabScale",
-    "SFTConfig", "accumulate_gradients", "dpo_train", "evaluate", "grpo_train", "lab_scale",
+    "SFTConfig", "accumulate_gradients", "cpu_threads", "dpo_train", "evaluate", "grpo_train", "lab_scale",
     "make_preference_pairs", "make_sft_batch", "sft_train", "train_step",
 ]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
-from rlref.lab.tasks import EOS_ID, PAD_ID, Problem, response_content, score_responses
+from rlref.lab.tasks import EOS_ID, PAD_ID, Problem, decode, response_content, score_responses
 from rlref.losses import next_token_logprobs
 
 __all__ = [
@@ -236,6 +236,11 @@ class RolloutBatch:
                              self.response_lengths.tolist(), strict=False):
             out.append(ids[p : p + n])
         return out
+
+    def texts(self) -> list[str]:
+        """Each row as ``"<prompt> -> <response>"`` text (for printing samples in a notebook)."""
+        pairs = zip(self.problems, self.responses, strict=True)
+        return [f"{decode(p.prompt)} -> {decode(r)}" for p, r in pairs]
 
     def select(self, index) -> RolloutBatch:
         """The rows ``index`` (a list or 1-D tensor of row numbers, or a bool mask)."""
