@@ -96,7 +96,7 @@ class TinyCausalLM(nn.Module):
     same config and seed are identical whatever the global RNG state. ``seed=None`` uses the global
     RNG.
 
-    NeMo RL counterpart: the Hugging Face causal LM named by ``policy.model_name``; this class has no
+    NeMo RL counterpart: the Hugging Face causal LM that the policy worker trains; this class has no
     tokenizer or checkpoint format of its own.
     """
 

@@ -374,12 +374,14 @@ class GRPOConfig:
     (nemo_rl/algorithms/advantage_estimator.py:44-54); ``policy.max_grad_norm``,
     ``policy.train_global_batch_size``, ``policy.train_micro_batch_size``,
     ``policy.logprob_batch_size``; ``loss_fn.*`` (:class:`rlref.losses.ClippedPGLossConfig`).
-    ``lr`` and ``weight_decay`` stand for ``policy.optimizer.kwargs`` (AdamW); ``lr_warmup_steps`` for a
-    linear warm-up scheduler. ``temperature`` is the sampling temperature.
+    ``lr`` and ``weight_decay`` stand for the AdamW settings under ``policy.optimizer``;
+    ``lr_warmup_steps`` for a linear warm-up scheduler. ``temperature`` is the sampling temperature.
 
     Lab-only: ``adv_estimator`` (one of ``ADV_ESTIMATORS``; NeMo RL's ``adv_estimator.name``),
     ``generation_dtype`` (None = the policy's dtype; ``torch.bfloat16`` makes generation log-probs
-    differ from training ones), ``on_nonfinite`` (see :func:`train_step`), ``device``.
+    differ from training ones), ``on_nonfinite`` (see :func:`train_step`), ``device``,
+    ``cpu_threads`` (see :func:`cpu_threads`). The default ``lr`` (3e-3) suits the tiny model;
+    grpo_math_1B uses 5e-6 for a 1B model (examples/configs/grpo_math_1B.yaml:344-350).
     ``loss_fn`` may be a :class:`ClippedPGLossConfig`, a dict of its keys, or any object following
     the LossFunction protocol (``loss_type``, ``input_type``, keyword call returning
     ``(loss, metrics)``).
@@ -764,7 +766,7 @@ def evaluate(policy: nn.Module, problems: Sequence[Problem], temperature: float 
 class SFTConfig:
     """Knobs of :func:`sft_train`. NeMo RL keys: ``sft.max_num_steps``, ``sft.seed``,
     ``policy.train_global_batch_size``, ``policy.train_micro_batch_size``, ``policy.max_grad_norm``
-    (nemo_rl/algorithms/sft.py:80-92). ``lr``/``weight_decay`` stand for the optimizer kwargs.
+    (nemo_rl/algorithms/sft.py:80-92). ``lr``/``weight_decay`` stand for the AdamW settings.
     Lab-only: ``eval_period`` (0 = never) and ``eval_num_prompts`` for a greedy ``lab/eval_accuracy``."""
 
     max_num_steps: int = 60
