@@ -18,7 +18,7 @@ trains on rows ``[r B/p, (r+1) B/p)``. Three runs, each from the same seeded Tin
 Every collective is counted (bytes of the tensors handed to it). Then each collective is timed
 alone on buffers of several sizes. Rank 0 writes ``results.pt`` (first-step gradients and final
 parameters of each run, as full tensors) and ``results.json`` (token counts, bytes, timings).
-Backend: NCCL on GPUs when every rank has one (``--backend auto``), gloo on CPU.
+Backend: NCCL when every rank has a GPU of its own (``--backend auto``), gloo on the CPU otherwise.
 """
 
 from __future__ import annotations
@@ -148,7 +148,11 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     args = ap.parse_args()
 
-    use_cuda = torch.cuda.is_available() and args.backend in ("auto", "nccl")
+    # NCCL needs one GPU per rank; with fewer GPUs than ranks, fall back to gloo on the CPU.
+    enough_gpus = torch.cuda.device_count() >= int(os.environ.get("WORLD_SIZE", "1"))
+    if args.backend == "nccl" and not enough_gpus:
+        raise SystemExit("--backend nccl needs one GPU per rank")
+    use_cuda = enough_gpus and args.backend in ("auto", "nccl")
     backend = "nccl" if use_cuda else "gloo"
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
