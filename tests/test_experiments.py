@@ -99,6 +99,13 @@ def test_paired_seeds_for_power_achieves_power_in_simulation():
     assert n == 34  # textbook: paired t, d_z = 0.5, alpha = 0.05, power 0.8
 
 
+def test_paired_seeds_for_power_never_rises_with_the_effect():
+    # scipy's noncentral t can return NaN in the far lower tail (e.g. df=2, nc=10.2): it must not count
+    ns = [paired_seeds_for_power(e, 0.0085) for e in (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15)]
+    assert ns == sorted(ns, reverse=True)
+    assert ns[-1] == 2
+
+
 def test_fingerprint_detects_a_one_ulp_change_and_ignores_copies():
     m = torch.nn.Linear(4, 3)
     m2 = torch.nn.Linear(4, 3)

@@ -152,7 +152,8 @@ def paired_seeds_for_power(effect: float, sd_diff: float, alpha: float = 0.05, p
         df = n - 1
         nc = effect / (sd_diff / math.sqrt(n))
         crit = _st.t.ppf(1 - alpha / 2, df)
-        if _st.nct.sf(crit, df, nc) + _st.nct.cdf(-crit, df, nc) >= power:
+        lower = _st.nct.cdf(-crit, df, nc)  # negligible for nc > 0; scipy can return NaN for large nc
+        if _st.nct.sf(crit, df, nc) + (lower if math.isfinite(lower) else 0.0) >= power:
             return n
     raise ValueError(f"more than 100000 seeds needed for effect={effect}, sd_diff={sd_diff}")
 
