@@ -61,7 +61,9 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 # -- Notebook execution (myst-nb + jupyter-cache) ------------------------------
 nb_execution_mode = os.environ.get("NB_EXECUTION_MODE", "cache")  # unchanged notebooks do not re-run
 nb_execution_cache_path = os.environ.get("NB_EXECUTION_CACHE_PATH", str(ROOT / "_build" / ".jupyter_cache"))
-nb_execution_timeout = 180  # seconds per notebook; a slower notebook fails the build
+# nbclient's timeout, per cell: a cell running longer fails the build. A notebook may set its own in
+# front matter (mystnb: {execution_timeout: 300}); the whole-notebook budget is tests/test_notebooks.py's.
+nb_execution_timeout = 180
 nb_execution_raise_on_error = True  # a failing cell fails the build, naming notebook, cell and exception
 nb_execution_show_tb = True
 nb_merge_streams = True

@@ -119,7 +119,8 @@ def test_failing_cell_fails_the_build_naming_notebook_cell_and_exception(tmp_pat
     src.mkdir()
     (src / "index.md").write_text("# Index\n\n```{toctree}\nbroken\n```\n", encoding="utf-8")
     (src / "broken.md").write_text(BROKEN, encoding="utf-8")
-    cmd = [sys.executable, "-m", "sphinx", "-W", "-n", "--keep-going", "-q", "-c", str(ROOT)]
+    # -j 2: a parallel build, as the site's (-j auto), where a worker's own log is lost when it raises
+    cmd = [sys.executable, "-m", "sphinx", "-j", "2", "-W", "-n", "--keep-going", "-q", "-c", str(ROOT)]
     cmd += ["-b", "html", str(src), str(tmp_path / "html")]
     env = {**os.environ, "NB_EXECUTION_CACHE_PATH": str(tmp_path / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

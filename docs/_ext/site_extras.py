@@ -285,7 +285,40 @@ def _html_page_context(app, pagename, templatename, context, doctree) -> None:
         context["metatags"] = context.get("metatags", "") + tag
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _explain_notebook_failures() -> None:
+    """Put the failing cell and its exception into myst-nb's ExecutionError message.
+
+    myst-nb logs them as a warning and raises ``ExecutionError(<notebook path>)``; in a parallel
+    build (``-j auto``) a worker's log is lost when it raises, so without this the console would
+    name only the notebook.
+    """
+    from myst_nb.core.execute import cache
+    from myst_nb.core.execute.base import ExecutionError
+
+    original = cache.NotebookClientCache.start_client
+    if getattr(original, "_site_extras", False):
+        return
+
+    def start_client(self):
+        try:
+            return original(self)
+        except ExecutionError as exc:
+            if exc.__cause__ is None:
+                raise
+            detail = _ANSI.sub("", str(exc.__cause__)).strip()
+            if len(detail) > 4000:
+                detail = detail[:1500] + "\n[...]\n" + detail[-2500:]
+            raise ExecutionError(f"notebook {exc} failed:\n{detail}") from exc.__cause__
+
+    start_client._site_extras = True
+    cache.NotebookClientCache.start_client = start_client
+
+
 def setup(app):
+    _explain_notebook_failures()
     app.add_config_value("site_root", "", "env")  # repository root holding examples/ (default: confdir)
     app.connect("builder-inited", _builder_inited)
     app.connect("source-read", _source_read)
