@@ -533,3 +533,20 @@ def test_golden_adapter_rejects_unknown_input_and_wrong_estimator_name():
 def test_golden_adapters_cover_every_advantage_function_in_the_cases():
     functions = {_case(p.name)["function"] for p in GOLDEN_DIR.glob("adv_*.json")}
     assert functions == set(ADVANTAGE_ADAPTERS)
+
+
+@pytest.mark.parametrize(
+    ("group", "dtype", "first"),
+    [
+        ([0.9, 0.2], torch.float64, 0.7),
+        ([1.0, 0.3, 0.3], torch.float64, 0.7),
+        ([0.7, 0.1, 0.1, 0.1], torch.float32, 0.6),
+    ],
+)
+def test_equal_non_dyadic_others_give_zero_std_not_round_off(group, dtype, first):
+    # The leave-one-out "others" of row 0 are all equal but not exact in binary (0.2, 0.3, 0.1):
+    # their std must be exactly 0 so row 0 keeps its raw advantage, not a round-off blow-up.
+    rewards = torch.tensor(group, dtype=dtype)
+    adv = grpo_advantages(torch.zeros(len(group), 1, dtype=torch.long), rewards, torch.ones(len(group), 3))
+    assert adv[0, 0].item() == pytest.approx(first, rel=1e-6)
+    assert torch.all(adv.abs() < 10)

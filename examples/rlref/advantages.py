@@ -220,40 +220,39 @@ def baseline_and_std_per_prompt(
     batch = prompt_ids.shape[0]
     rewards = _check_rows("rewards", rewards, batch)
     _check_bool("leave_one_out_baseline", leave_one_out_baseline)
+    # Work in the rewards' own precision (at least fp32), as NeMo RL does: the float quirks match.
+    work = rewards.dtype if rewards.dtype in (torch.float32, torch.float64) else torch.float32
     if valid_mask is None:
-        v = torch.ones(batch, dtype=_F64, device=rewards.device)
+        v = torch.ones(batch, dtype=work, device=rewards.device)
     else:
         valid_mask = _tensor("valid_mask", valid_mask)
         if valid_mask.shape != (batch,):
             raise ValueError(f"valid_mask must be [B] = ({batch},), got shape {tuple(valid_mask.shape)}")
         if not (valid_mask.is_floating_point() or valid_mask.dtype == torch.bool):
             raise TypeError(f"valid_mask must be a floating or bool tensor, got dtype {valid_mask.dtype}")
-        v = valid_mask.to(_F64)
-    r = rewards.to(_F64)
-    q = r if std_rewards is None else _check_rows("std_rewards", std_rewards, batch).to(_F64)
+        v = valid_mask.to(work)
+    r = rewards.to(work)
+    q = r if std_rewards is None else _check_rows("std_rewards", std_rewards, batch).to(work)
 
+    # M: 1 where two rows share a prompt (minus the identity for leave-one-out). Summing the other rows
+    # explicitly (M @ x), never as "group total - own value", keeps a group of equal others exact: its
+    # variance is then exactly 0, not a round-off residue that normalisation would blow up.
     g = group_ids(prompt_ids).to(rewards.device)
-    n_groups = int(g.max()) + 1
+    same = (g[:, None] == g[None, :]).to(work)
+    mat = same - torch.eye(batch, dtype=work, device=rewards.device) if leave_one_out_baseline else same
 
-    def group_sum(x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n_groups, dtype=_F64, device=x.device).index_add_(0, g, x)[g]
-
-    def mat(x: torch.Tensor) -> torch.Tensor:  # M x: the group sum, minus the row itself for leave-one-out
-        total = group_sum(x)
-        return total - x if leave_one_out_baseline else total
-
-    n_valid = group_sum(v)
+    n_valid = same @ v
     k = n_valid - 1.0 if leave_one_out_baseline else n_valid
     small = n_valid <= 1
     k_safe = torch.where(small, torch.ones_like(k), k)  # the V <= 1 rows are overwritten below
 
-    baseline = mat(r * v) / k_safe
-    mean_q = baseline if std_rewards is None else mat(q * v) / k_safe
-    second_moment = mat(q * q * v) / k_safe
-    # k / (k - 1) is +inf for k = 1 (float division), giving NaN for a zero variance, as in NeMo RL.
+    baseline = mat @ (r * v) / k_safe
+    mean_q = baseline if std_rewards is None else mat @ (q * v) / k_safe
+    second_moment = mat @ (q * q * v) / k_safe
+    # k / (k - 1) is +inf for k = 1 (float division), giving NaN for a zero variance, as in NeMo RL;
+    # nan_to_num then maps NaN to 0 and +inf to the largest finite value (torch's default).
     bessel = k_safe / (k_safe - 1.0)
-    std = torch.sqrt((second_moment - mean_q.square()) * bessel)
-    std = torch.nan_to_num(std, nan=0.0, posinf=math.inf)
+    std = torch.nan_to_num(torch.sqrt((second_moment - mean_q.square()) * bessel), nan=0.0)
 
     baseline = torch.where(small, r, baseline)
     std = torch.where(small, torch.zeros_like(std), std)
