@@ -78,8 +78,12 @@ def setup(seed: int = 0, scale: str | None = None, deterministic: bool = True) -
     seed_everything(seed)
     scale = choose_scale(scale)
     device = torch.device("cuda" if torch.cuda.is_available() and scale == "full" else "cpu")
-    if deterministic and device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    if device.type == "cpu":
+        # One intra-op thread per notebook: the build runs notebooks in parallel, and on a shared
+        # 2-core machine more threads only contend (measured 5-10x slower for the lab's small ops).
+        torch.set_num_threads(int(os.environ.get("RLREF_CPU_THREADS", "1")))
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
     run = Run(seed=seed, scale=scale, device=device)
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
     print(
