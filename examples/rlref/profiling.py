@@ -129,13 +129,12 @@ def ops_by_range(prof, names: Iterable[str], top: int = 5) -> dict[str, list[tup
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive int, got {top!r}")
-    names = set(names)
-    acc: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    acc: dict[str, dict[str, list[float]]] = {n: {} for n in dict.fromkeys(names)}
     for ev in prof.events():
-        if ev.name in names:
+        if ev.name in acc:
             continue
         parent = ev.cpu_parent
-        while parent is not None and parent.name not in names:
+        while parent is not None and parent.name not in acc:
             parent = parent.cpu_parent
         if parent is None:
             continue
@@ -187,10 +186,9 @@ def trace_ranges(trace: dict, names: Iterable[str]) -> dict[str, list[float]]:
     ``record_function`` ranges appear twice in PyTorch's traces when CUDA is on (a CPU-side
     ``user_annotation`` and a GPU-side ``gpu_user_annotation``); only the CPU side is returned.
     """
-    names = set(names)
-    out: dict[str, list[float]] = {n: [] for n in names}
+    out: dict[str, list[float]] = {n: [] for n in dict.fromkeys(names)}  # in the order given
     for ev in trace.get("traceEvents", []):
-        if ev.get("ph") == "X" and ev.get("name") in names and ev.get("cat") != "gpu_user_annotation":
+        if ev.get("ph") == "X" and ev.get("name") in out and ev.get("cat") != "gpu_user_annotation":
             out[ev["name"]].append(float(ev.get("dur", 0.0)) / 1e6)
     return out
 
