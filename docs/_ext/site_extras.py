@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,17 +110,26 @@ def tag_pages(pages: dict[str, dict]) -> dict[str, str]:
 
 
 def write_tag_pages(srcdir: Path = DOCS) -> Path:
-    """(Re)write ``docs/_tags``; untouched files keep their mtime, so no-change rebuilds stay fast."""
+    """(Re)write ``docs/_tags``; untouched files keep their mtime, so no-change rebuilds stay fast.
+
+    Files are replaced atomically and never deleted (a tag page nobody carries any more says so),
+    so builds running side by side on one checkout never see a half-written or vanished page.
+    """
     out = srcdir / TAGS_DIR
     out.mkdir(exist_ok=True)
     files = tag_pages(scan_pages(srcdir))
+    for old in out.glob("*.md"):
+        if old.name not in files:
+            files[old.name] = (
+                "---\norphan: true\n---\n\n# Unused tag\n\nNo page carries this tag any more. "
+                "See {ref}`all tags <tags-index>`.\n"
+            )
     for name, text in files.items():
         target = out / name
         if not target.exists() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
-    for old in out.glob("*.md"):
-        if old.name not in files:
-            old.unlink()
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target)
     return out
 
 
