@@ -115,6 +115,8 @@ def test_landing_page_cards_resolve_and_cover_every_section_page(site):
         if (site.html / p.relative_to(DOCS).with_suffix(".html")).resolve() not in carded
     ]
     assert not uncarded, f"section pages without a landing-page card: {uncarded}"
+    duplicated = sorted({c for c in cards if cards.count(c) > 1})
+    assert not duplicated, f"pages with more than one landing-page card: {duplicated}"
     assert len(cards) <= EXPECTED_CARDS, f"{len(cards)} cards, the plan has {EXPECTED_CARDS}"
 
 
