@@ -43,7 +43,7 @@ myst_dmath_double_inline = True
 myst_heading_anchors = 3
 # MathJax is served from docs/_static/mathjax (vendored from npm), so math renders offline.
 mathjax_path = "mathjax/tex-svg-full.js"
-math_numfig = True  # number display equations per page, and let {eq} cross-reference them
+math_numfig = False  # equations numbered per page; {eq} still links across pages
 numfig = True
 
 # -- Sources -------------------------------------------------------------------
