@@ -46,7 +46,8 @@ def test_area_under_curve_rewards_earlier_learning_at_equal_final_value():
 def test_steps_to_threshold_first_crossing_smoothing_and_censoring():
     y = [0.0, 0.2, 0.9, 0.1, 0.8, 0.9, 1.0]
     assert steps_to_threshold(y, 0.8) == 2.0
-    assert steps_to_threshold(y, 0.8, window=3) == 6.0  # (0.8 + 0.9 + 1.0) / 3 at step 6; the spike at 2 is smoothed
+    # the 3-step mean first reaches 0.8 at step 6, (0.8 + 0.9 + 1.0) / 3; the spike at step 2 is smoothed away
+    assert steps_to_threshold(y, 0.8, window=3) == 6.0
     assert math.isnan(steps_to_threshold(y, 1.5))  # never reached: censored, not a number of steps
 
 
