@@ -16,6 +16,12 @@ def test_seeds_for_power_matches_textbook_sample_sizes(d, expected):
     assert stats.seeds_for_power(effect=d, sd=1.0) == expected
 
 
+def test_seeds_for_power_handles_effects_far_above_the_spread():
+    # Two seeds per arm already give power > 0.8 here; scipy's lower tail is NaN at this noncentrality.
+    assert stats.seeds_for_power(effect=8.02, sd=1.0) == 2
+    assert all(stats.seeds_for_power(effect=e, sd=1.0) <= 3 for e in (6.0, 10.0, 40.0))
+
+
 def test_seeds_for_power_achieves_power_in_simulation():
     n = stats.seeds_for_power(effect=1.0, sd=2.0)
     rng = np.random.default_rng(0)

@@ -143,7 +143,8 @@ def seeds_for_power(effect: float, sd: float, alpha: float = 0.05, power: float 
         df = 2 * n - 2
         nc = effect / (sd * math.sqrt(2 / n))
         crit = _st.t.ppf(1 - alpha / 2, df)
-        achieved = 1 - _st.nct.cdf(crit, df, nc) + _st.nct.cdf(-crit, df, nc)
+        lower_tail = _st.nct.cdf(-crit, df, nc)  # scipy returns NaN here for a large nc; it is ~0
+        achieved = 1 - _st.nct.cdf(crit, df, nc) + (0.0 if math.isnan(lower_tail) else lower_tail)
         if achieved >= power:
             return n
     raise ValueError(f"more than 100000 seeds needed for effect={effect}, sd={sd}")
