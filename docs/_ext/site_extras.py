@@ -327,10 +327,33 @@ def _explain_notebook_failures() -> None:
     cache.NotebookClientCache.start_client = start_client
 
 
+def _spread_notebooks(app, env, docnames: list[str]) -> None:
+    """Spread executable documents evenly through the read order, so parallel reads share the notebooks.
+
+    Sphinx gives each reading process a contiguous slice of the sorted docnames, and every notebook sorts
+    together under ``examples/``: left alone, one process would execute nearly all of them in turn.
+    """
+    def executable(docname: str) -> bool:
+        path = Path(env.doc2path(docname))
+        return path.suffix in (".md", ".ipynb") and "{code-cell}" in path.read_text(encoding="utf-8")
+
+    heavy = [d for d in docnames if executable(d)]
+    if not heavy or app.parallel <= 1:
+        return
+    light = [d for d in docnames if d not in set(heavy)]
+    order, step = [], (len(light) + len(heavy)) / len(heavy)
+    for i, doc in enumerate(heavy):
+        while light and len(order) < round(i * step):
+            order.append(light.pop(0))
+        order.append(doc)
+    docnames[:] = order + light
+
+
 def setup(app):
     _explain_notebook_failures()
     app.add_config_value("site_root", "", "env")  # repository root holding examples/ (default: confdir)
     app.connect("builder-inited", _builder_inited)
     app.connect("source-read", _source_read)
+    app.connect("env-before-read-docs", _spread_notebooks)
     app.connect("html-page-context", _html_page_context)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
