@@ -81,6 +81,20 @@ def test_throughput_drop_needs_patience_consecutive_steps():
     assert [a.step for a in alerts] == [7]
 
 
+def test_statistics_are_the_numbers_the_rules_compare():
+    kl = mon.KLBlowup(factor=3.0, window=2, min_value=0.1)
+    stats = kl.statistics(_steps("train/kl_penalty", [0.2, 0.4, 0.9]))
+    assert math.isnan(stats[0]) and math.isnan(stats[1]) and stats[2] == pytest.approx(3.0)
+    ent = mon.EntropyCollapse(reference_steps=2)
+    assert ent.statistics(_steps("train/approx_entropy", [2.0, 4.0, 0.3]))[2] == pytest.approx(0.1)
+    plateau = mon.RewardPlateau(window=2)
+    assert plateau.statistics(_steps("train/reward", [0.1, 0.3, 0.4, 0.6]))[3] == pytest.approx(0.3)
+    tput = mon.ThroughputDrop(window=2, patience=2)
+    assert tput.statistics(_steps("performance/tokens_per_sec", [100.0, 80.0, 30.0, 45.0]))[3] == \
+        pytest.approx(0.5)
+    assert (kl.threshold, ent.threshold, plateau.threshold, tput.threshold) == (3.0, 0.1, 0.05, 0.5)
+
+
 @pytest.mark.parametrize("make", [
     lambda: mon.KLBlowup(factor=1.0), lambda: mon.KLBlowup(window=0),
     lambda: mon.EntropyCollapse(min_fraction=1.5),

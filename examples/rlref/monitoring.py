@@ -84,8 +84,22 @@ class Rule:
     def metrics(self) -> tuple[str, ...]:
         return (self.metric,)
 
+    #: the value :meth:`statistic` is compared with (None for rules without one)
+    threshold: float | None = None
+
     def condition(self, values: Mapping[str, Sequence[float]], step: int) -> str | None:
         raise NotImplementedError
+
+    def statistic(self, values: Mapping[str, Sequence[float]], step: int) -> float | None:
+        """The number the rule compares with ``threshold`` at ``step`` (None where it cannot yet)."""
+        return None
+
+    def statistics(self, history) -> list[float]:
+        """:meth:`statistic` at every step of a History or list of metric dicts (NaN where None)."""
+        steps = getattr(history, "steps", history)
+        values = {m: [None if s.get(m) is None else float(s[m]) for s in steps] for m in self.metrics()}
+        out = [self.statistic(values, i) for i in range(len(steps))]
+        return [math.nan if v is None else v for v in out]
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -152,18 +166,28 @@ class KLBlowup(Rule):
         self.min_value = _check_positive("min_value", min_value)
         self.max_value = _check_positive("max_value", max_value, allow_none=True)
 
+    @property
+    def threshold(self) -> float:
+        return self.factor
+
+    def statistic(self, values, step):
+        """``value / median(previous window)``; None before a full window or when the median is 0."""
+        v = values[self.metric][step]
+        prev = _finite(values[self.metric][max(0, step - self.window):step])
+        if not _is_finite(v) or len(prev) < self.window:
+            return None
+        ref = statistics.median(prev)
+        return v / ref if ref > 0 else None
+
     def condition(self, values, step):
         v = values[self.metric][step]
         if not _is_finite(v):
             return None
         if self.max_value is not None and v > self.max_value:
             return f"{self.metric} = {v:.4g} > max_value {self.max_value:.4g}"
-        prev = _finite(values[self.metric][max(0, step - self.window):step])
-        if len(prev) < self.window or v <= self.min_value:
-            return None
-        ref = statistics.median(prev)
-        if v > self.factor * ref:
-            return f"{self.metric} = {v:.4g} > {self.factor:g} x recent median {ref:.4g}"
+        ratio = self.statistic(values, step)
+        if ratio is not None and v > self.min_value and ratio > self.factor:
+            return f"{self.metric} = {v:.4g} is {ratio:.3g} x its recent median (> {self.factor:g})"
         return None
 
 
@@ -185,14 +209,24 @@ class EntropyCollapse(Rule):
         self.min_fraction = _check_positive("min_fraction", min_fraction, upper=1.0)
         self.reference_steps = _check_window("reference_steps", reference_steps)
 
-    def condition(self, values, step):
+    @property
+    def threshold(self) -> float:
+        return self.min_fraction
+
+    def statistic(self, values, step):
+        """``value / mean(first reference_steps values)``; None during the reference steps."""
         v = values[self.metric][step]
         ref = _finite(values[self.metric][: self.reference_steps])
         if step < self.reference_steps or not ref or not _is_finite(v):
             return None
         start = sum(ref) / len(ref)
-        if start > 0 and v < self.min_fraction * start:
-            return f"{self.metric} = {v:.4g} < {self.min_fraction:g} x initial {start:.4g}"
+        return v / start if start > 0 else None
+
+    def condition(self, values, step):
+        frac = self.statistic(values, step)
+        if frac is not None and frac < self.min_fraction:
+            v = values[self.metric][step]
+            return f"{self.metric} = {v:.4g} is {frac:.3g} x its initial value (< {self.min_fraction:g})"
         return None
 
 
@@ -200,9 +234,10 @@ class RewardPlateau(Rule):
     """Warning: mean(``metric``, last ``window`` steps) - mean(the ``window`` before) < ``min_improvement``,
     while the recent mean is below ``target`` (None: no target).
 
-    Checked from step ``2 * window - 1`` on. Noise matters: with ``n`` samples per step and reward
-    variance ``p(1-p)``, the difference of two window means has sd ``sqrt(2 p (1-p) / (n window))``;
-    keep ``min_improvement`` a few of those above zero only if you want the rule to fire on a flat run.
+    Checked from step ``2 * window - 1`` on. On a flat run the difference is noise: with ``n`` samples
+    per step and a 0/1 reward of mean ``p`` (and independent steps) its sd is about
+    ``sqrt(2 p (1-p) / (n window))``, so a ``min_improvement`` near that sd fires on flat runs most of
+    the time, while a much larger one also fires on slow but real learning.
     """
 
     name = "reward_plateau"
@@ -218,7 +253,11 @@ class RewardPlateau(Rule):
             raise ValueError(f"target must be a finite number or None, got {target!r}")
         self.target = target
 
-    def condition(self, values, step):
+    @property
+    def threshold(self) -> float:
+        return self.min_improvement
+
+    def _means(self, values, step):
         w = self.window
         if step < 2 * w - 1:
             return None
@@ -226,12 +265,23 @@ class RewardPlateau(Rule):
         before = _finite(values[self.metric][step - 2 * w + 1: step - w + 1])
         if len(recent) < w or len(before) < w:
             return None
-        now, then = sum(recent) / w, sum(before) / w
+        return sum(recent) / w, sum(before) / w
+
+    def statistic(self, values, step):
+        """``mean(last window) - mean(window before)``; None before ``2 * window`` steps."""
+        means = self._means(values, step)
+        return None if means is None else means[0] - means[1]
+
+    def condition(self, values, step):
+        means = self._means(values, step)
+        if means is None:
+            return None
+        now, then = means
         if self.target is not None and now >= self.target:
             return None
         if now - then < self.min_improvement:
-            return (f"{self.metric}: mean of last {w} steps {now:.4g} vs {then:.4g} before "
-                    f"(+{now - then:.3g} < {self.min_improvement:g})")
+            return (f"{self.metric}: mean of last {self.window} steps {now:.4g} vs {then:.4g} before "
+                    f"({now - then:+.3g} < {self.min_improvement:g})")
         return None
 
 
@@ -253,20 +303,28 @@ class ThroughputDrop(Rule):
         self.window = _check_window("window", window)
         self.patience = _check_window("patience", patience)
 
-    def condition(self, values, step):
+    @property
+    def threshold(self) -> float:
+        return 1 - self.drop
+
+    def statistic(self, values, step):
+        """``max(last patience values) / median(the window steps before them)``; fires below ``1 - drop``."""
         p, w = self.patience, self.window
         first = step - p + 1  # the first step of the candidate dip
         if first - w < 0:
             return None
         ref = _finite(values[self.metric][first - w: first])
-        dip = values[self.metric][first: step + 1]
-        if len(ref) < w or len(_finite(dip)) < p:
+        dip = _finite(values[self.metric][first: step + 1])
+        if len(ref) < w or len(dip) < p:
             return None
         base = statistics.median(ref)
-        limit = (1 - self.drop) * base
-        if all(v < limit for v in dip):
-            return (f"{self.metric} = {dip[-1]:.4g} < {1 - self.drop:g} x median {base:.4g} "
-                    f"for {p} steps")
+        return max(dip) / base if base > 0 else None
+
+    def condition(self, values, step):
+        ratio = self.statistic(values, step)
+        if ratio is not None and ratio < 1 - self.drop:
+            return (f"{self.metric} = {values[self.metric][step]:.4g}: {self.patience} steps in a row at "
+                    f"<= {ratio:.3g} x the median before (< {1 - self.drop:g})")
         return None
 
 
