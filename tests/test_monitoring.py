@@ -45,12 +45,14 @@ def test_alert_is_reported_when_condition_starts_not_while_it_holds():
 
 def test_kl_blowup_ratio_and_absolute_limit():
     vals = [0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.5, 0.7]
-    rule = mon.KLBlowup(factor=3.0, window=5, min_value=0.1)
+    rule = mon.KLBlowup(factor=3.0, window=5, min_value=0.1, warmup_steps=5)
     alerts = mon.check_history(_steps("train/kl_penalty", vals), [rule])
     assert [a.step for a in alerts] == [7]  # 0.5 <= 3 x 0.2; 0.7 > 3 x median(0.2,0.2,0.2,0.2,0.5)=0.6
     assert alerts[0].value == pytest.approx(0.7)
+    # the same jump inside the warm-up is not tested by ratio
+    assert mon.check_history(_steps("train/kl_penalty", vals), [mon.KLBlowup(warmup_steps=8)]) == []
     # below min_value a ratio means nothing: 0.05 > 3 x 0.01 stays silent
-    quiet = mon.check_history(_steps("train/kl_penalty", [0.01] * 5 + [0.05]), [rule])
+    quiet = mon.check_history(_steps("train/kl_penalty", [0.01] * 6 + [0.05]), [rule])
     assert quiet == []
     capped = mon.check_history(_steps("train/kl_penalty", [0.5, 1.5]), [mon.KLBlowup(max_value=1.0)])
     assert [a.step for a in capped] == [1]
@@ -82,7 +84,7 @@ def test_throughput_drop_needs_patience_consecutive_steps():
 
 
 def test_statistics_are_the_numbers_the_rules_compare():
-    kl = mon.KLBlowup(factor=3.0, window=2, min_value=0.1)
+    kl = mon.KLBlowup(factor=3.0, window=2, min_value=0.1, warmup_steps=0)
     stats = kl.statistics(_steps("train/kl_penalty", [0.2, 0.4, 0.9]))
     assert math.isnan(stats[0]) and math.isnan(stats[1]) and stats[2] == pytest.approx(3.0)
     ent = mon.EntropyCollapse(reference_steps=2)
@@ -96,7 +98,7 @@ def test_statistics_are_the_numbers_the_rules_compare():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: mon.KLBlowup(factor=1.0), lambda: mon.KLBlowup(window=0),
+    lambda: mon.KLBlowup(factor=1.0), lambda: mon.KLBlowup(window=0), lambda: mon.KLBlowup(warmup_steps=-1),
     lambda: mon.EntropyCollapse(min_fraction=1.5),
     lambda: mon.RewardPlateau(min_improvement=-1), lambda: mon.ThroughputDrop(drop=1.0),
     lambda: mon.ThroughputDrop(patience=True), lambda: mon.NonFinite(metrics="train/loss"),

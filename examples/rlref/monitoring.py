@@ -128,14 +128,14 @@ class NonFinite(Rule):
     def __init__(self, metrics: Sequence[str] = ("train/loss", "train/grad_norm")) -> None:
         if isinstance(metrics, str) or not metrics:
             raise ValueError(f"metrics must be a non-empty sequence of names, got {metrics!r}")
-        self._metrics = tuple(_check_metric(m) for m in metrics)
-        self.metric = self._metrics[0]
+        self.watch = tuple(_check_metric(m) for m in metrics)
+        self.metric = self.watch[0]
 
     def metrics(self) -> tuple[str, ...]:
-        return self._metrics
+        return self.watch
 
     def condition(self, values, step):
-        for m in self._metrics:
+        for m in self.watch:
             v = values[m][step]
             if v is not None and not math.isfinite(v):
                 self.metric = m
@@ -144,20 +144,22 @@ class NonFinite(Rule):
 
 
 class KLBlowup(Rule):
-    """Critical: ``metric`` > ``factor`` x median of the previous ``window`` values (and > ``min_value``),
-    or > ``max_value`` when given.
+    """Critical: ``metric`` > ``factor`` x median of the previous ``window`` values (and > ``min_value``,
+    from step ``warmup_steps`` on), or > ``max_value`` at any step when given.
 
     ``train/kl_penalty`` is the k3 KL estimate to the reference policy that ClippedPGLoss logs (with
     ``reference_policy_kl_penalty`` > 0). It grows steadily in a healthy run; a sudden multiple of its
-    recent level means the policy jumped (a bad update, a too-high learning rate). ``min_value``
-    keeps the rule quiet while the KL is still near zero, where ratios mean nothing.
+    recent level means the policy jumped (a bad update, a too-high learning rate). The KL starts at 0
+    (the policy is the reference), so early ratios are large in healthy runs too: the ratio test
+    waits ``warmup_steps`` steps and needs the KL above ``min_value``; set ``max_value`` to catch a
+    blow-up during the warm-up.
     """
 
     name = "kl_blowup"
     severity = "critical"
 
     def __init__(self, metric: str = "train/kl_penalty", factor: float = 3.0, window: int = 5,
-                 min_value: float = 0.1, max_value: float | None = None) -> None:
+                 min_value: float = 0.1, max_value: float | None = None, warmup_steps: int = 10) -> None:
         self.metric = _check_metric(metric)
         self.factor = _check_positive("factor", factor)
         if self.factor <= 1:
@@ -165,16 +167,18 @@ class KLBlowup(Rule):
         self.window = _check_window("window", window)
         self.min_value = _check_positive("min_value", min_value)
         self.max_value = _check_positive("max_value", max_value, allow_none=True)
+        self.warmup_steps = _check_window("warmup_steps", warmup_steps, 0)
 
     @property
     def threshold(self) -> float:
         return self.factor
 
     def statistic(self, values, step):
-        """``value / median(previous window)``; None before a full window or when the median is 0."""
+        """``value / median(previous window)``; None during the warm-up, before a full window, or when the
+        median is 0."""
         v = values[self.metric][step]
         prev = _finite(values[self.metric][max(0, step - self.window):step])
-        if not _is_finite(v) or len(prev) < self.window:
+        if not _is_finite(v) or len(prev) < self.window or step < self.warmup_steps:
             return None
         ref = statistics.median(prev)
         return v / ref if ref > 0 else None
