@@ -11,10 +11,9 @@ for a config value it cannot honour, so a case is never reproduced partially.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import torch
+from golden_cases import case_tensors
 
 from rlref.advantages import (
     baseline_and_std_per_prompt,
@@ -28,45 +27,6 @@ from rlref.advantages import (
 )
 
 __all__ = ["ADVANTAGE_ADAPTERS", "case_tensors"]
-
-_DTYPES = {"float32": torch.float32, "int64": torch.int64}
-
-
-def _decode(value):
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, str):
-        return {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[value]
-    return value
-
-
-def _to_tensor(value, dtype_name: str) -> torch.Tensor:
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"unknown input dtype {dtype_name!r}")
-    return torch.tensor(_decode(value), dtype=_DTYPES[dtype_name])
-
-
-def case_tensors(case: dict, allowed: set[str]) -> dict:
-    """The case's inputs as tensors (``None`` stays ``None``; dict inputs become dicts of tensors).
-
-    Raises ``ValueError`` naming any input outside ``allowed``.
-    """
-    unknown = sorted(set(case["inputs"]) - allowed)
-    if unknown:
-        raise ValueError(
-            f"{case.get('case_id')}: inputs {unknown} are not understood by the {case['function']} adapter"
-        )
-    dtypes = case.get("input_dtypes", {})
-    out = {}
-    for name, value in case["inputs"].items():
-        if value is None:
-            out[name] = None
-        elif isinstance(value, dict):
-            out[name] = {k: _to_tensor(v, dtypes[name][k]) for k, v in value.items()}
-        else:
-            out[name] = _to_tensor(value, dtypes[name])
-    return out
-
 
 def _section(config: dict, name: str, allowed: set[str], case: dict) -> dict:
     """``config[name]`` after checking every key is understood."""

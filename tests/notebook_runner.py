@@ -55,6 +55,26 @@ class Executed:
         return texts
 
 
+HEADER = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+
+def myst_notebook(title: str, *cells: str) -> str:
+    """The text of a MyST notebook with this title and these code cells (for tests and fixtures)."""
+    body = "".join(f"\n```{{code-cell}} ipython3\n{cell.strip()}\n```\n" for cell in cells)
+    return f"{HEADER}\n# {title}\n{body}"
+
+
 def read_notebook(path: Path) -> nbformat.NotebookNode:
     return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), MdParserConfig(), path=str(path))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden_cases import case_tensors, decode
 
 from rlref.kl import calculate_kl
 from rlref.losses import (
@@ -36,7 +37,6 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 N_SHIPPED_CASES = 90
 ENV_VAR = "NEMO_RL_GOLDEN_DIRS"
 
-_DTYPES = {"float32": torch.float32, "int64": torch.int64}
 # Inputs that are not part of a loss function's ``data`` dict.
 _NOT_DATA = {"input_ids", "logits", "next_token_logprobs", "global_valid_toks", "global_valid_seqs"}
 
@@ -69,34 +69,6 @@ def load_cases(dirs: list[Path] | None = None) -> list[dict]:
     return cases
 
 
-def _tensor(value, dtype_name: str) -> torch.Tensor:
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"unknown input dtype {dtype_name!r}")
-    return torch.tensor(_decode(value), dtype=_DTYPES[dtype_name])
-
-
-def _decode(value):
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, str):
-        return {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[value]
-    return value
-
-
-def tensors(case: dict) -> dict:
-    """The case's inputs as tensors with their recorded dtypes (None stays None; dicts recurse)."""
-    out = {}
-    for name, value in case["inputs"].items():
-        dtype = case.get("input_dtypes", {}).get(name)
-        if value is None:
-            out[name] = None
-        elif isinstance(value, dict):
-            out[name] = {k: _tensor(v, dtype[k]) for k, v in value.items()}
-        else:
-            out[name] = _tensor(value, dtype)
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # Comparison
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +98,7 @@ def assert_matches(name: str, got, expected, tol: dict) -> None:
         raise AssertionError(f"{name}: shape {_shape(got)} != expected {_shape(expected)}")
     atol, rtol = tol["atol"], tol["rtol"]
     bad = []
-    for (where, g), (_, e) in zip(_flatten(got), _flatten(_decode(expected)), strict=True):
+    for (where, g), (_, e) in zip(_flatten(got), _flatten(decode(expected)), strict=True):
         g, e = float(g), float(e)
         if math.isnan(e) or math.isinf(e):
             ok = (math.isnan(e) and math.isnan(g)) or g == e
@@ -149,7 +121,7 @@ def _grad(t: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_inputs(case: dict):
-    x = tensors(case)
+    x = case_tensors(case)
     curr = x["next_token_logprobs"].clone().requires_grad_(True)
     data = {k: v for k, v in x.items() if k not in _NOT_DATA and v is not None}
     if "curr_logprobs_unfiltered" in data:
@@ -191,7 +163,7 @@ def adapt_nll(case: dict) -> dict:
 
 
 def adapt_calculate_kl(case: dict) -> dict:
-    x = tensors(case)
+    x = case_tensors(case)
     logprobs = x["logprobs"].clone().requires_grad_(True)
     weights = x.get("importance_sampling_weights")
     if weights is not None:

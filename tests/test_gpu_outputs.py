@@ -11,30 +11,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_runner import Executed, store_gpu_run
+from notebook_runner import Executed, myst_notebook, store_gpu_run
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 from site_extras import gpu_runs, sha256_file, stale_gpu_runs  # noqa: E402
 
-NOTEBOOK = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# Tiny notebook
-
-```{code-cell} ipython3
-print("hello from the GPU run")
-```
-"""
+NOTEBOOK = myst_notebook("Tiny notebook", 'print("hello from the GPU run")')
 
 
 def fake_run(root: Path, device: str = "NVIDIA H100 80GB HBM3") -> Path:

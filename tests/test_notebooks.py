@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_cache import get_cache
-from notebook_runner import execute, notebooks, read_notebook
+from notebook_runner import execute, myst_notebook, notebooks, read_notebook
 from test_site_build import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,50 +49,16 @@ def test_notebook_runs_on_cpu_within_budget(path):
     assert seconds <= BUDGET_S, f"{path.name} took {seconds:.1f} s on CPU, budget {BUDGET_S:.0f} s"
 
 
-BROKEN = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
+BROKEN = myst_notebook("Broken notebook", "x = 1", 'raise ValueError("deliberately broken cell")')
 
-# Broken notebook
-
-```{code-cell} ipython3
-x = 1
-```
-
-```{code-cell} ipython3
-raise ValueError("deliberately broken cell")
-```
-"""
-
-DETERMINISTIC = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# Determinism fixture
-
-```{code-cell} ipython3
+DETERMINISTIC = myst_notebook(
+    "Determinism fixture",
+    """\
 from rlref.notebook import setup
 
 run = setup(seed=0)
-```
-
-```{code-cell} ipython3
+""",
+    """\
 import torch
 
 model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
@@ -106,12 +72,11 @@ for step in range(30):
     opt.step()
 print(f"loss after 30 steps: {loss.item():.6f}")
 print(torch.multinomial(torch.softmax(model(x[:2]), -1), 5, replacement=True, generator=run.generator(3)))
-```
-
-```{code-cell} ipython3
+""",
+    """\
 run.report()
-```
-"""
+""",
+)
 
 
 def test_failing_cell_fails_the_build_naming_notebook_cell_and_exception(tmp_path):

@@ -35,33 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for golden_cases
+from golden_cases import case_tensors  # noqa: E402
+
 _NOT_DATA = {"input_ids", "logits", "next_token_logprobs", "global_valid_toks", "global_valid_seqs"}
-
-
-def _decode(value):
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, str):
-        return {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[value]
-    return value
-
-
-def _inputs(case: dict) -> dict:
-    out = {}
-    for name, value in case["inputs"].items():
-        dtype = case["input_dtypes"].get(name)
-        if value is None:
-            out[name] = None
-        elif isinstance(value, dict):
-            out[name] = {k: torch.tensor(_decode(v), dtype=_DTYPES[dtype[k]]) for k, v in value.items()}
-        else:
-            out[name] = torch.tensor(_decode(value), dtype=_DTYPES[dtype])
-    return out
 
 
 def _encode(value):
@@ -85,7 +67,7 @@ def _grad(t):
 
 
 def _run_loss(nemo, case: dict, loss_fn, call_kwargs: dict | None = None) -> dict:
-    x = _inputs(case)
+    x = case_tensors(case)
     curr = x["next_token_logprobs"].clone().requires_grad_(True)
     data = {k: v for k, v in x.items() if k not in _NOT_DATA and v is not None}
     if "curr_logprobs_unfiltered" in data:
@@ -119,7 +101,7 @@ def _nll(nemo, case):
 
 
 def _calculate_kl(nemo, case):
-    x = _inputs(case)
+    x = case_tensors(case)
     logprobs = x["logprobs"].clone().requires_grad_(True)
     weights = x.get("importance_sampling_weights")
     if weights is not None:
@@ -138,7 +120,7 @@ def _calculate_kl(nemo, case):
 
 
 def _baseline_std(nemo, case):
-    x = _inputs(case)
+    x = case_tensors(case)
     valid = x.get("valid_mask")
     baseline, std = nemo["utils"].calculate_baseline_and_std_per_prompt(
         x["prompt_ids"],
@@ -155,7 +137,7 @@ def _estimator(nemo, case, cls_name: str, config_cls: str):
     cfg = case["config"]
     est_cfg = getattr(ae, config_cls)(**cfg["adv_estimator"])
     loss_cfg = nemo["loss_functions"].ClippedPGLossConfig(**cfg.get("loss_fn", {}))
-    return getattr(ae, cls_name)(est_cfg, loss_cfg), _inputs(case)
+    return getattr(ae, cls_name)(est_cfg, loss_cfg), case_tensors(case)
 
 
 def _grpo(nemo, case):
@@ -203,7 +185,7 @@ def _gae(nemo, case):
 
 
 def _scale_rewards(nemo, case):
-    x = _inputs(case)
+    x = case_tensors(case)
     batch = nemo["BatchedDataDict"]({"total_reward": x["rewards"].clone(),
                                      **{k: v.clone() for k, v in (x.get("reward_components") or {}).items()}})
     scaled = nemo["grpo"].scale_rewards(batch, dict(case["config"]["reward_scaling"]))

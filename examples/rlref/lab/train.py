@@ -495,6 +495,19 @@ def _group_std(batch: RolloutBatch) -> torch.Tensor:
     return std
 
 
+def _record_step(history: History, metrics: dict, nonfinite_stop: bool, callback, step: int,
+                 policy: nn.Module) -> bool:
+    """Append the step's metrics; True (with ``history.meta["stopped_reason"]`` set) when training stops."""
+    history.append(metrics)
+    if nonfinite_stop:
+        history.meta["stopped_reason"] = "nonfinite"
+    elif callback is not None and callback(step, metrics, policy):
+        history.meta["stopped_reason"] = "callback"
+    else:
+        return False
+    return True
+
+
 def grpo_train(policy: nn.Module, task: Task | None, config: GRPOConfig | None = None, *,
                prompt_sampler: PromptSource | None = None,
                callback: Callable[[int, dict, nn.Module], bool | None] | None = None,
@@ -677,12 +690,7 @@ def _grpo_train(policy: nn.Module, task: Task | None, cfg: GRPOConfig, *, prompt
         })
         for name, values in batch.reward_components.items():
             metrics[f"lab/{name}"] = float(values.float().mean())
-        history.append(metrics)
-        if tm["lab/stop"]:
-            history.meta["stopped_reason"] = "nonfinite"
-            break
-        if callback is not None and callback(step, metrics, policy):
-            history.meta["stopped_reason"] = "callback"
+        if _record_step(history, metrics, tm["lab/stop"], callback, step, policy):
             break
     else:
         history.meta["stopped_reason"] = "max_num_steps"
@@ -851,12 +859,7 @@ def _supervised_steps(policy, task, cfg, algorithm, loss_fn, make_batch, callbac
         n_tokens = float(int((ids != PAD_ID).sum()))
         metrics["performance/tokens_per_sec"] = n_tokens / total if total > 0 else math.nan
         metrics["lab/num_response_tokens"] = float(data["token_mask"].sum())
-        history.append(metrics)
-        if tm["lab/stop"]:
-            history.meta["stopped_reason"] = "nonfinite"
-            break
-        if callback is not None and callback(step, metrics, policy):
-            history.meta["stopped_reason"] = "callback"
+        if _record_step(history, metrics, tm["lab/stop"], callback, step, policy):
             break
     else:
         history.meta["stopped_reason"] = "max_num_steps"
