@@ -105,6 +105,7 @@ def notebooks_gpu(session: nox.Session) -> None:
         session.install("torch==2.13.0", "--index-url", args[i + 1])
         del args[i : i + 2]
     install(session, "docs", "lab")
+    session.install("nvidia-ml-py>=12")  # NVML, behind torch.cuda.utilization() (monitoring page)
     session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else "
                 "'notebooks-gpu needs a CUDA device: torch.cuda.is_available() is False')")
     session.run(

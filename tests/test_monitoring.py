@@ -75,6 +75,20 @@ def test_reward_plateau_windows_and_target():
     assert mon.check_history(_steps("train/reward", solved), [rule]) == []
 
 
+def test_reward_plateau_statistic_on_a_flat_run_has_the_documented_noise_sd():
+    # Flat 0/1 rewards of mean q, n samples per step: the gain between two windows of w steps has sd
+    # sqrt(2 q (1 - q) / (n w)) (the docstring's and the Monitoring page's calibration formula).
+    q, n, w, reps = 0.3, 16, 6, 4000
+    g = torch.Generator().manual_seed(0)
+    step_means = (torch.rand(reps, 2 * w, n, generator=g) < q).double().mean(-1)
+    rule = mon.RewardPlateau(window=w)
+    gains = [rule.statistics(_steps("train/reward", row.tolist()))[-1] for row in step_means]
+    sd = float(torch.tensor(gains).std())
+    expected = math.sqrt(2 * q * (1 - q) / (n * w))
+    assert abs(sd / expected - 1) < 0.05, (sd, expected)  # MC error of an sd from 4000 draws: ~1.1%
+    assert abs(float(torch.tensor(gains).mean())) < 3 * expected / math.sqrt(reps)
+
+
 def test_throughput_drop_needs_patience_consecutive_steps():
     rule = mon.ThroughputDrop(drop=0.5, window=4, patience=2)
     vals = [100.0] * 4 + [40.0, 100.0, 40.0, 40.0, 40.0]
