@@ -68,8 +68,14 @@ class ClipFractionLoss:
 def consumed(history, key: str = "train/global_valid_seqs") -> np.ndarray:
     """Cumulative amount seen *after* each step: ``C_t = Σ_{i<=t} x_i`` for the per-step count ``key``.
 
-    ``train/global_valid_seqs`` counts the samples trained on in a step, ``train/total_num_tokens``
-    the prompt + response tokens (both NeMo RL metric names). Raises on a missing or negative count.
+    ``history`` is a History (``key`` is read from it) or a 1-D sequence of per-step counts.
+    ``train/total_num_tokens`` is the step's prompt + response tokens in NeMo RL and in the lab.
+    For samples, pass ``num_prompts_per_step * num_generations_per_prompt`` per step (what NeMo RL's
+    ``performance/samples_per_sec`` counts; nemo_rl/algorithms/utils.py:771). NeMo RL's
+    ``train/global_valid_seqs`` is the mean over micro-batches of each global batch's count
+    (nemo_rl/algorithms/grpo.py:3480-3489), i.e. samples per *optimizer* step, which is the step's
+    count only when ``train_global_batch_size`` equals the batch; the lab averages the same way.
+    Raises on a missing or negative count.
     """
     x = np.asarray(history.series(key) if hasattr(history, "series") else history, dtype=float)
     if x.ndim != 1 or x.size == 0:

@@ -313,7 +313,7 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, inp
             out[k] = min(vals)
         elif k.endswith("_max"):
             out[k] = max(vals)
-        elif k in ("global_valid_seqs", "global_valid_toks", "lab/num_microbatches"):
+        elif k == "lab/num_microbatches":
             out[k] = float(sum(vals))
         else:
             out[k] = float(np.mean(vals))
@@ -590,7 +590,6 @@ def _grpo_train(policy: nn.Module, task: Task | None, cfg: GRPOConfig, *, prompt
         kept: list[RolloutBatch] = []
         n_kept = 0
         gen_batches = 0
-        generated_tokens = 0
         first_batch = None
         while True:
             problems = _draw_problems(task, prompt_sampler, step, history, cfg.num_prompts_per_step,
@@ -599,7 +598,6 @@ def _grpo_train(policy: nn.Module, task: Task | None, cfg: GRPOConfig, *, prompt
             refit(gen_model, policy)
             batch = rollout(policy, problems, G, cfg.temperature, sample_gen, generation_model=gen_model)
             gen_time += time.perf_counter() - t0
-            generated_tokens += int(batch.response_lengths.sum())
             gen_batches += 1
             first_batch = first_batch or batch
             if not cfg.use_dynamic_sampling:
@@ -685,8 +683,7 @@ def _grpo_train(policy: nn.Module, task: Task | None, cfg: GRPOConfig, *, prompt
             "lab/zero_std_frac": float((_group_std(batch) == 0).float().mean()),
             "lab/step": float(step),
             "performance/tokens_per_sec": n_tokens / total if total > 0 else math.nan,
-            "performance/generation_tokens_per_sec": (generated_tokens / gen_time if gen_time > 0
-                                                      else math.nan),
+            "performance/generation_tokens_per_sec": n_tokens / gen_time if gen_time > 0 else math.nan,
         })
         for name, values in batch.reward_components.items():
             metrics[f"lab/{name}"] = float(values.float().mean())
