@@ -159,7 +159,7 @@ def test_pruning_savings():
 
 @pytest.mark.parametrize("value, pruned", [(0.29, True), (0.31, False)])
 def test_median_pruner_rule(value, pruned):
-    """Optuna's MedianPruner stops trial j at step t iff v_{j,t} < median of completed trials' v_{i,t}."""
+    """Optuna's MedianPruner stops trial j at step t iff max_{s<=t} v_{j,s} < median of completed v_{i,t}."""
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
     for final in (0.1, 0.2, 0.4, 0.9):  # intermediate values at step 3: median = (0.2 + 0.4) / 2 = 0.3
@@ -180,3 +180,22 @@ def test_best_of_noisy_trials_is_biased_up():
     mu = np.linspace(0.5, 0.6, 12)
     best = [best_so_far(mu + rng.normal(0, 0.05, mu.size))[-1] for _ in range(2000)]
     assert np.mean(best) > mu.max() + 0.02
+
+
+def test_median_pruner_compares_the_best_value_so_far():
+    """A trial that was above the median earlier is not pruned when its current value drops below it."""
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
+    for final in (0.1, 0.2, 0.4, 0.9):  # median at every step = 0.3
+        t = study.ask()
+        for step in range(5):
+            t.report(final, step)
+        study.tell(t, final)
+    t = study.ask()
+    t.report(0.5, 2)
+    t.report(0.29, 3)  # below the median at step 3, but the best so far (0.5) is above it
+    assert not t.should_prune()
+    t2 = study.ask()
+    t2.report(0.25, 2)
+    t2.report(0.29, 3)  # best so far 0.29 < 0.3
+    assert t2.should_prune()
