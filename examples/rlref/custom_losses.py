@@ -54,7 +54,9 @@ def entropy_surrogate(curr: torch.Tensor, mask: torch.Tensor, global_valid_toks)
     r"""``sum(mask * sg(curr) * curr) / global_valid_toks``: its gradient is ``-grad H`` in expectation.
 
     ``curr`` are the sampled tokens' log-probabilities ``[B, T]`` and ``mask`` the matching
-    ``[B, T]`` token mask. The value itself equals minus the on-policy entropy estimate.
+    ``[B, T]`` token mask. Only the gradient matters: the value is the masked mean of
+    ``log(pi)**2`` (>= 0), not an entropy; the on-policy entropy estimate is ``-mean(log pi)``
+    (``lab/sampled_entropy`` in :class:`EntropyBonusPGLoss`).
     """
     curr = _check_curr(curr, "curr")
     if not isinstance(mask, torch.Tensor) or mask.shape != curr.shape:
