@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_batches import global_counts, loss_and_grad, random_pg_batch
 
 from rlref.custom_losses import EntropyBonusPGLoss, entropy_surrogate
 from rlref.lab import VOCAB_SIZE, GRPOConfig, PolicyConfig, TinyCausalLM, grpo_train, make_task
@@ -13,40 +14,6 @@ from rlref.losses import ClippedPGLoss, LossInputType, LossType
 
 FAST = settings(max_examples=40, deadline=None)
 F64 = torch.float64
-
-
-def _batch(seed: int, B: int, S: int, p_drop: float = 0.2):
-    """A random batch in NeMo RL's layout: right-padded responses of random length after a 1-token prompt."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, S, (B,), generator=g)
-    token_mask = torch.zeros(B, S, dtype=F64)
-    for b, n in enumerate(lengths.tolist()):
-        token_mask[b, 1 : 1 + n] = 1.0
-    sample_mask = (torch.rand(B, generator=g) > p_drop).to(F64)
-    sample_mask[0] = 1.0
-    curr = -torch.rand(B, S - 1, generator=g, dtype=F64) * 3
-    data = {
-        "token_mask": token_mask,
-        "sample_mask": sample_mask,
-        "advantages": (torch.randn(B, 1, generator=g, dtype=F64) * 2).expand(B, S).clone(),
-        "prev_logprobs": torch.cat([torch.zeros(B, 1, dtype=F64),
-                                    curr + 0.3 * torch.randn(B, S - 1, generator=g, dtype=F64)], 1),
-        "generation_logprobs": torch.cat([torch.zeros(B, 1, dtype=F64), curr], 1),
-        "reference_policy_logprobs": -torch.rand(B, S, generator=g, dtype=F64) * 3,
-    }
-    return curr, data
-
-
-def _counts(data):
-    tm, sm = data["token_mask"][:, 1:], data["sample_mask"]
-    return sm.sum(), (tm * sm[:, None]).sum()
-
-
-def _loss_and_grad(loss_fn, curr, data, GS, GT):
-    x = curr.clone().requires_grad_(True)
-    loss, metrics = loss_fn(next_token_logprobs=x, data=data, global_valid_seqs=GS, global_valid_toks=GT)
-    loss.backward()
-    return loss.detach(), x.grad, metrics
 
 
 def test_protocol_attributes():
@@ -83,11 +50,11 @@ def test_surrogate_hand_value_and_gradient():
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 8), S=st.integers(2, 9),
        kl=st.sampled_from([0.0, 0.05]))
 def test_zero_coefficient_is_exactly_clipped_pg(seed, B, S, kl):
-    curr, data = _batch(seed, B, S)
-    GS, GT = _counts(data)
+    curr, data = random_pg_batch(seed, B, S, prev_noise=0.3)
+    GS, GT = global_counts(data)
     bonus_fn = EntropyBonusPGLoss(0.0, reference_policy_kl_penalty=kl)
-    a_loss, a_grad, _ = _loss_and_grad(bonus_fn, curr, data, GS, GT)
-    b_loss, b_grad, _ = _loss_and_grad(ClippedPGLoss(reference_policy_kl_penalty=kl), curr, data, GS, GT)
+    a_loss, a_grad, _ = loss_and_grad(bonus_fn, curr, data, GS, GT)
+    b_loss, b_grad, _ = loss_and_grad(ClippedPGLoss(reference_policy_kl_penalty=kl), curr, data, GS, GT)
     torch.testing.assert_close(a_loss, b_loss, rtol=0, atol=0)
     torch.testing.assert_close(a_grad, b_grad, rtol=0, atol=0)
 
@@ -96,10 +63,10 @@ def test_zero_coefficient_is_exactly_clipped_pg(seed, B, S, kl):
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 8), S=st.integers(2, 9),
        coef=st.floats(0.001, 1.0))
 def test_bonus_adds_coef_times_surrogate_to_loss_and_gradient(seed, B, S, coef):
-    curr, data = _batch(seed, B, S)
-    GS, GT = _counts(data)
-    a_loss, a_grad, m = _loss_and_grad(EntropyBonusPGLoss(coef), curr, data, GS, GT)
-    b_loss, b_grad, _ = _loss_and_grad(ClippedPGLoss(), curr, data, GS, GT)
+    curr, data = random_pg_batch(seed, B, S, prev_noise=0.3)
+    GS, GT = global_counts(data)
+    a_loss, a_grad, m = loss_and_grad(EntropyBonusPGLoss(coef), curr, data, GS, GT)
+    b_loss, b_grad, _ = loss_and_grad(ClippedPGLoss(), curr, data, GS, GT)
     mask = data["token_mask"][:, 1:] * data["sample_mask"][:, None]
     torch.testing.assert_close(a_loss - b_loss, coef * (curr**2 * mask).sum() / (GT + 1e-8),
                                rtol=1e-9, atol=1e-12)
@@ -112,15 +79,15 @@ def test_bonus_adds_coef_times_surrogate_to_loss_and_gradient(seed, B, S, coef):
        coef=st.sampled_from([0.01, 0.3]), kl=st.sampled_from([0.0, 0.05]),
        cuts=st.lists(st.integers(1, 7), max_size=3))
 def test_microbatch_losses_and_gradients_add_up_to_the_full_batch(seed, B, S, coef, kl, cuts):
-    curr, data = _batch(seed, B, S)
-    GS, GT = _counts(data)
+    curr, data = random_pg_batch(seed, B, S, prev_noise=0.3)
+    GS, GT = global_counts(data)
     loss_fn = EntropyBonusPGLoss(coef, reference_policy_kl_penalty=kl)
-    full_loss, full_grad, full_m = _loss_and_grad(loss_fn, curr, data, GS, GT)
+    full_loss, full_grad, full_m = loss_and_grad(loss_fn, curr, data, GS, GT)
     edges = [0, *sorted({c for c in cuts if 0 < c < B}), B]
     total, grads, ent, bonus = torch.zeros((), dtype=F64), [], 0.0, 0.0
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         part = {k: v[lo:hi] for k, v in data.items()}
-        loss, grad, m = _loss_and_grad(loss_fn, curr[lo:hi], part, GS, GT)
+        loss, grad, m = loss_and_grad(loss_fn, curr[lo:hi], part, GS, GT)
         total = total + loss
         ent += m["lab/sampled_entropy"]
         bonus += m["lab/entropy_bonus"]
@@ -135,13 +102,13 @@ def test_microbatch_losses_and_gradients_add_up_to_the_full_batch(seed, B, S, co
 @given(seed=st.integers(0, 10_000), B=st.integers(2, 6), S=st.integers(3, 8))
 def test_each_row_gradient_depends_on_that_row_only(seed, B, S):
     # Packing needs batch independence: one row's gradient, for fixed global counts, ignores the others.
-    curr, data = _batch(seed, B, S)
-    GS, GT = _counts(data)
+    curr, data = random_pg_batch(seed, B, S, prev_noise=0.3)
+    GS, GT = global_counts(data)
     loss_fn = EntropyBonusPGLoss(0.2)
-    _, full_grad, _ = _loss_and_grad(loss_fn, curr, data, GS, GT)
+    _, full_grad, _ = loss_and_grad(loss_fn, curr, data, GS, GT)
     for b in range(B):
         part = {k: v[b : b + 1] for k, v in data.items()}
-        _, g, _ = _loss_and_grad(loss_fn, curr[b : b + 1], part, GS, GT)
+        _, g, _ = loss_and_grad(loss_fn, curr[b : b + 1], part, GS, GT)
         torch.testing.assert_close(g[0], full_grad[b], rtol=1e-12, atol=1e-14)
 
 

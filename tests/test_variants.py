@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_batches import global_counts, loss_and_grad, random_pg_batch
 
 from rlref import advantages as adv
 from rlref.lab import VOCAB_SIZE, GRPOConfig, PolicyConfig, TinyCausalLM, grpo_train, make_task
@@ -21,40 +22,6 @@ from rlref.variants import DrGRPOLoss, DrGRPOLossConfig, dr_grpo_advantages, tok
 
 FAST = settings(max_examples=40, deadline=None)
 F64 = torch.float64
-
-
-def _batch(seed: int, B: int, S: int, *, full_length: bool = False, p_drop: float = 0.2):
-    """A random batch in NeMo RL's layout: right-padded responses of random length after a 1-token prompt."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.full((B,), S - 1) if full_length else torch.randint(1, S, (B,), generator=g)
-    token_mask = torch.zeros(B, S, dtype=F64)
-    for b, n in enumerate(lengths.tolist()):
-        token_mask[b, 1 : 1 + n] = 1.0
-    sample_mask = (torch.rand(B, generator=g) > p_drop).to(F64)
-    sample_mask[0] = 1.0  # at least one valid row
-    curr = -torch.rand(B, S - 1, generator=g, dtype=F64) * 3
-    data = {
-        "token_mask": token_mask,
-        "sample_mask": sample_mask,
-        "advantages": (torch.randn(B, 1, generator=g, dtype=F64) * 2).expand(B, S).clone(),
-        "prev_logprobs": torch.cat([torch.zeros(B, 1, dtype=F64),
-                                    curr + 0.4 * torch.randn(B, S - 1, generator=g, dtype=F64)], 1),
-        "generation_logprobs": torch.cat([torch.zeros(B, 1, dtype=F64), curr], 1),
-        "reference_policy_logprobs": -torch.rand(B, S, generator=g, dtype=F64) * 3,
-    }
-    return curr, data
-
-
-def _counts(data):
-    tm, sm = data["token_mask"][:, 1:], data["sample_mask"]
-    return sm.sum(), (tm * sm[:, None]).sum()
-
-
-def _loss_and_grad(loss_fn, curr, data, GS, GT):
-    x = curr.clone().requires_grad_(True)
-    loss, metrics = loss_fn(next_token_logprobs=x, data=data, global_valid_seqs=GS, global_valid_toks=GT)
-    loss.backward()
-    return loss.detach(), x.grad, metrics
 
 
 loss_knobs = st.fixed_dictionaries({
@@ -138,7 +105,7 @@ def test_hand_computed_on_policy_value_and_gradient():
         "prev_logprobs": torch.cat([torch.zeros(2, 1, dtype=F64), curr], 1),
         "generation_logprobs": torch.cat([torch.zeros(2, 1, dtype=F64), curr], 1),
     }
-    loss, grad, metrics = _loss_and_grad(DrGRPOLoss(max_response_length=4), curr, data, 2.0, 4.0)
+    loss, grad, metrics = loss_and_grad(DrGRPOLoss(max_response_length=4), curr, data, 2.0, 4.0)
     # sum(m * -A) = -(1) + (1 + 1 + 1) = 2; divided by N * L_max = 8.
     assert float(loss) == pytest.approx(2 / 8, rel=1e-7)
     expected = torch.tensor([[-1 / 8, 0, 0], [1 / 8, 1 / 8, 1 / 8]], dtype=F64)
@@ -146,7 +113,7 @@ def test_hand_computed_on_policy_value_and_gradient():
     assert metrics["probs_ratio"] == pytest.approx(1.0)
     assert metrics["num_valid_samples"] == 2.0
     # GRPO's per-sequence mean weights the short response's token 3x more than each long one's.
-    _, g_seq, _ = _loss_and_grad(ClippedPGLoss(token_level_loss=False, reference_policy_kl_penalty=0.0),
+    _, g_seq, _ = loss_and_grad(ClippedPGLoss(token_level_loss=False, reference_policy_kl_penalty=0.0),
                                  curr, data, 2.0, 4.0)
     torch.testing.assert_close(g_seq, torch.tensor([[-1 / 2, 0, 0], [1 / 6, 1 / 6, 1 / 6]], dtype=F64),
                                rtol=1e-6, atol=1e-9)  # the 1e-8 in each row's mean denominator
@@ -156,15 +123,15 @@ def test_hand_computed_on_policy_value_and_gradient():
 @given(seed=st.integers(0, 10_000), B=st.integers(2, 8), S=st.integers(3, 9), knobs=loss_knobs,
        cuts=st.lists(st.integers(1, 7), max_size=3))
 def test_microbatch_losses_and_gradients_add_up_to_the_full_batch(seed, B, S, knobs, cuts):
-    curr, data = _batch(seed, B, S)
-    GS, GT = _counts(data)
+    curr, data = random_pg_batch(seed, B, S)
+    GS, GT = global_counts(data)
     loss_fn = DrGRPOLoss(max_response_length=S, **knobs)
-    full_loss, full_grad, full_m = _loss_and_grad(loss_fn, curr, data, GS, GT)
+    full_loss, full_grad, full_m = loss_and_grad(loss_fn, curr, data, GS, GT)
     edges = [0, *sorted({c for c in cuts if 0 < c < B}), B]
     total, grads, ratio = torch.zeros((), dtype=F64), [], 0.0
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         part = {k: v[lo:hi] for k, v in data.items()}
-        loss, grad, m = _loss_and_grad(loss_fn, curr[lo:hi], part, GS, GT)
+        loss, grad, m = loss_and_grad(loss_fn, curr[lo:hi], part, GS, GT)
         total, ratio = total + loss, ratio + m["probs_ratio"]
         grads.append(grad)
     torch.testing.assert_close(total, full_loss, rtol=1e-10, atol=1e-12)
@@ -177,12 +144,12 @@ def test_microbatch_losses_and_gradients_add_up_to_the_full_batch(seed, B, S, kn
 def test_full_length_responses_reduce_to_token_and_sequence_level_grpo(seed, B, S, knobs):
     # Every response uses the whole budget: N * L_max == global_valid_toks and |o_i| == L_max, so
     # Dr. GRPO, token-level and sequence-level ClippedPGLoss are one loss (values and gradients).
-    curr, data = _batch(seed, B, S, full_length=True)
-    GS, GT = _counts(data)
-    dr, g_dr, _ = _loss_and_grad(DrGRPOLoss(max_response_length=S - 1, **knobs), curr, data, GS, GT)
+    curr, data = random_pg_batch(seed, B, S, full_length=True)
+    GS, GT = global_counts(data)
+    dr, g_dr, _ = loss_and_grad(DrGRPOLoss(max_response_length=S - 1, **knobs), curr, data, GS, GT)
     for token_level in (True, False):
         pg = ClippedPGLoss(token_level_loss=token_level, **knobs)
-        ref, g_ref, _ = _loss_and_grad(pg, curr, data, GS, GT)
+        ref, g_ref, _ = loss_and_grad(pg, curr, data, GS, GT)
         torch.testing.assert_close(dr, ref, rtol=1e-7, atol=1e-10)
         torch.testing.assert_close(g_dr, g_ref, rtol=1e-7, atol=1e-10)
 
@@ -192,11 +159,11 @@ def test_full_length_responses_reduce_to_token_and_sequence_level_grpo(seed, B, 
        knobs=loss_knobs)
 def test_dr_grpo_is_token_level_grpo_times_a_batch_factor(seed, B, S, extra, knobs):
     # Same per-token terms, different divisor: Dr. GRPO = GT / (N * L_max) x token-level GRPO.
-    curr, data = _batch(seed, B, S)
-    GS, GT = _counts(data)
+    curr, data = random_pg_batch(seed, B, S)
+    GS, GT = global_counts(data)
     L_max = S - 1 + extra
-    dr, g_dr, m_dr = _loss_and_grad(DrGRPOLoss(max_response_length=L_max, **knobs), curr, data, GS, GT)
-    tok, g_tok, m_tok = _loss_and_grad(ClippedPGLoss(token_level_loss=True, **knobs), curr, data, GS, GT)
+    dr, g_dr, m_dr = loss_and_grad(DrGRPOLoss(max_response_length=L_max, **knobs), curr, data, GS, GT)
+    tok, g_tok, m_tok = loss_and_grad(ClippedPGLoss(token_level_loss=True, **knobs), curr, data, GS, GT)
     factor = token_level_to_dr_grpo_factor(GT, GS, L_max)
     assert 0 < factor <= 1
     torch.testing.assert_close(dr, tok * factor, rtol=1e-7, atol=1e-10)
@@ -209,10 +176,10 @@ def test_dr_grpo_is_token_level_grpo_times_a_batch_factor(seed, B, S, extra, kno
 @given(seed=st.integers(0, 10_000), B=st.integers(2, 6), S=st.integers(3, 8))
 def test_on_policy_token_gradient_does_not_depend_on_response_length(seed, B, S):
     # Dr. GRPO's claim: at ratio 1, every valid token of row i gets gradient -A_i / (N * L_max).
-    curr, data = _batch(seed, B, S, p_drop=0.0)
+    curr, data = random_pg_batch(seed, B, S, p_drop=0.0)
     data["prev_logprobs"] = torch.cat([torch.zeros(B, 1, dtype=F64), curr], 1)
-    GS, GT = _counts(data)
-    _, grad, _ = _loss_and_grad(DrGRPOLoss(max_response_length=S), curr, data, GS, GT)
+    GS, GT = global_counts(data)
+    _, grad, _ = loss_and_grad(DrGRPOLoss(max_response_length=S), curr, data, GS, GT)
     m = data["token_mask"][:, 1:]
     expected = -data["advantages"][:, 1:] * m / (float(GS) * S)
     torch.testing.assert_close(grad, expected, rtol=1e-7, atol=1e-12)
@@ -227,7 +194,7 @@ def test_clipping_stops_the_gradient_outside_the_trust_region():
         "advantages": torch.tensor([[0.0, 1.0]], dtype=F64),
         "prev_logprobs": torch.log(torch.tensor([[1.0, 0.4]], dtype=F64)),
     }
-    loss, grad, metrics = _loss_and_grad(DrGRPOLoss(max_response_length=2), curr, data, 1.0, 1.0)
+    loss, grad, metrics = loss_and_grad(DrGRPOLoss(max_response_length=2), curr, data, 1.0, 1.0)
     assert float(loss) == pytest.approx(-1.2 / 2)
     assert float(grad.abs().sum()) == 0.0
     assert metrics["probs_ratio"] == pytest.approx(1.5)
@@ -235,20 +202,20 @@ def test_clipping_stops_the_gradient_outside_the_trust_region():
 
 
 def test_no_valid_rows_gives_zero_loss_and_finite_metrics():
-    curr, data = _batch(0, 3, 4)
+    curr, data = random_pg_batch(0, 3, 4)
     data["sample_mask"] = torch.zeros(3, dtype=F64)
-    loss, grad, metrics = _loss_and_grad(DrGRPOLoss(max_response_length=4), curr, data, 0.0, 0.0)
+    loss, grad, metrics = loss_and_grad(DrGRPOLoss(max_response_length=4), curr, data, 0.0, 0.0)
     assert float(loss) == 0.0 and float(grad.abs().sum()) == 0.0
     assert metrics["num_valid_samples"] == 0.0
 
 
 def test_float32_inputs_are_computed_in_float32():
-    curr, data = _batch(1, 3, 5)
-    GS, GT = _counts(data)
+    curr, data = random_pg_batch(1, 3, 5)
+    GS, GT = global_counts(data)
     curr32 = curr.float()
     data32 = {k: v.float() for k, v in data.items()}
-    loss64, _, _ = _loss_and_grad(DrGRPOLoss(max_response_length=5), curr, data, GS, GT)
-    loss32, grad32, _ = _loss_and_grad(DrGRPOLoss(max_response_length=5), curr32, data32, GS, GT)
+    loss64, _, _ = loss_and_grad(DrGRPOLoss(max_response_length=5), curr, data, GS, GT)
+    loss32, grad32, _ = loss_and_grad(DrGRPOLoss(max_response_length=5), curr32, data32, GS, GT)
     assert loss32.dtype == torch.float32 and grad32.dtype == torch.float32
     assert float(loss32) == pytest.approx(float(loss64), rel=1e-5)
 
@@ -282,8 +249,8 @@ def test_unknown_key_and_missing_length():
 
 
 def test_call_rejects_bad_data():
-    curr, data = _batch(2, 3, 5)
-    GS, GT = _counts(data)
+    curr, data = random_pg_batch(2, 3, 5)
+    GS, GT = global_counts(data)
     loss_fn = DrGRPOLoss(max_response_length=5)
     with pytest.raises(ValueError, match="more than max_response_length=2"):
         DrGRPOLoss(max_response_length=2)(next_token_logprobs=curr, data=data, global_valid_seqs=GS,
