@@ -117,7 +117,8 @@ def _is_finite(v: float | None) -> bool:
 class NonFinite(Rule):
     """Critical: any of ``metrics`` (default ``train/loss`` and ``train/grad_norm``) is NaN or Inf.
 
-    NeMo RL's DTensor path warns on a non-finite gradient norm and still steps the optimizer
+    NeMo RL's DTensor path warns on an infinite gradient norm (a NaN norm passes without a warning,
+    nemo_rl/utils/grad_norm.py:44-47) and steps the optimizer either way
     (nemo_rl/models/policy/workers/dtensor_policy_worker_v2.py:557-563), so the first NaN step is the
     one to catch. A metric missing at a step is not an alert.
     """
