@@ -611,7 +611,7 @@ def _grpo_train(policy: nn.Module, task: Task | None, cfg: GRPOConfig, *, prompt
             ds_time += time.perf_counter() - t0
             if n_kept >= target:
                 break
-            if gen_batches >= cfg.dynamic_sampling_max_gen_batches:
+            if gen_batches > cfg.dynamic_sampling_max_gen_batches:  # NeMo RL allows max + 1 (grpo.py:1803)
                 raise RuntimeError(
                     f"dynamic sampling kept {n_kept} of the {target} samples needed after "
                     f"{gen_batches} generation batches (dynamic_sampling_max_gen_batches); the task is "
