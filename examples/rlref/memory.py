@@ -25,7 +25,6 @@ lab's own; nothing imports ``nemo_rl``.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -285,20 +284,6 @@ def cuda_peak_bytes(fn: Callable[[], object], device: torch.device | str = "cuda
 # ==================================================================================================
 
 
-def _block_forward(block: nn.Module, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """A :class:`rlref.lab.policy._Block` forward with an arbitrary ``allowed [B, 1, S, S]`` mask."""
-    B, S, D = x.shape
-    h = block.ln1(x)
-    q, k, v = block.qkv(h).split(D, dim=-1)
-    hd = D // block.n_heads
-    q, k, v = (t.view(B, S, block.n_heads, hd).transpose(1, 2) for t in (q, k, v))
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    att = torch.softmax(scores, dim=-1) @ v
-    x = x + block.proj(att.transpose(1, 2).reshape(B, S, D))
-    return x + block.out(torch.nn.functional.gelu(block.fc(block.ln2(x))))
-
-
 def forward_tokens(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                    segment_ids: torch.Tensor | None = None, checkpointing: bool = False) -> torch.Tensor:
     """Logits of a :class:`rlref.lab.TinyCausalLM` for ``input_ids [B, S]``, packed or checkpointed if asked.
@@ -324,7 +309,7 @@ def forward_tokens(model: nn.Module, input_ids: torch.Tensor, position_ids: torc
         raise ValueError("give both position_ids and segment_ids (a packed batch) or neither")
     if position_ids is None:
         x = model.tok_emb(input_ids) + model.pos_emb(torch.arange(S, device=input_ids.device))[None]
-        mask = model.causal
+        mask = model.causal[:S, :S]
 
         def run_block(block, x):
             return block(x, mask)
@@ -342,7 +327,7 @@ def forward_tokens(model: nn.Module, input_ids: torch.Tensor, position_ids: torc
         mask = ((same & real & model.causal[:S, :S][None]) | eye)[:, None]
 
         def run_block(block, x):
-            return _block_forward(block, x, mask)
+            return block(x, mask)
     for block in model.blocks:
         x = _checkpoint(run_block, block, x, use_reentrant=False) if checkpointing else run_block(block, x)
     return model.ln_f(x) @ model.tok_emb.weight.T

@@ -76,14 +76,15 @@ class _Block(nn.Module):
         self.fc = nn.Linear(cfg.d_model, cfg.ff_dim)
         self.out = nn.Linear(cfg.ff_dim, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """``allowed``: boolean attention mask broadcastable to ``[B, heads, S, S]`` (True = may attend)."""
         B, S, D = x.shape
         h = self.ln1(x)
         q, k, v = self.qkv(h).split(D, dim=-1)
         hd = D // self.n_heads
         q, k, v = (t.view(B, S, self.n_heads, hd).transpose(1, 2) for t in (q, k, v))
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        scores = scores.masked_fill(~causal[:S, :S], float("-inf"))
+        scores = scores.masked_fill(~allowed, float("-inf"))
         att = torch.softmax(scores, dim=-1) @ v
         x = x + self.proj(att.transpose(1, 2).reshape(B, S, D))
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
@@ -155,7 +156,7 @@ class TinyCausalLM(nn.Module):
         pos = torch.arange(S, device=input_ids.device)
         x = self.tok_emb(input_ids) + self.pos_emb(pos)[None]
         for block in self.blocks:
-            x = block(x, self.causal)
+            x = block(x, self.causal[:S, :S])
         return self.ln_f(x) @ self.tok_emb.weight.T
 
     def describe(self) -> str:
