@@ -155,6 +155,14 @@ def _check_data(data: object) -> Mapping:
     return data
 
 
+def _loss_inputs(next_token_logprobs: object, data: object) -> tuple[torch.Tensor, Mapping, torch.dtype]:
+    """Checked ``(curr, data, dtype)``: ``curr`` cast to the compute dtype (float64 stays, else float32)."""
+    curr = _check_curr(next_token_logprobs)
+    data = _check_data(data)
+    dtype = _compute_dtype(curr)
+    return curr.to(dtype), data, dtype
+
+
 def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
@@ -365,10 +373,7 @@ class ClippedPGLoss:
 
     def __call__(self, next_token_logprobs, data, global_valid_seqs, global_valid_toks):
         cfg = self.config
-        curr = _check_curr(next_token_logprobs)
-        data = _check_data(data)
-        dtype = _compute_dtype(curr)
-        curr = curr.to(dtype)
+        curr, data, dtype = _loss_inputs(next_token_logprobs, data)
         B, T = curr.shape
         full = (B, T + 1)
         beta = self.kl_coefficient
@@ -552,10 +557,7 @@ class NLLLoss:
         return f"NLLLoss(dpo_loss={self.dpo_loss}, dpo_average_log_probs={self.dpo_average_log_probs})"
 
     def __call__(self, next_token_logprobs, data, global_valid_seqs, global_valid_toks):
-        curr = _check_curr(next_token_logprobs)
-        data = _check_data(data)
-        dtype = _compute_dtype(curr)
-        curr = curr.to(dtype)
+        curr, data, dtype = _loss_inputs(next_token_logprobs, data)
         B, T = curr.shape
         tm = _get(data, "token_mask", (B, T + 1), dtype, mask=True)[:, 1:]
         sm = _get(data, "sample_mask", (B,), dtype, mask=True)
@@ -639,10 +641,7 @@ class DPOLoss:
 
     def __call__(self, next_token_logprobs, data, global_valid_seqs, global_valid_toks):
         cfg = self.config
-        curr = _check_curr(next_token_logprobs)
-        data = _check_data(data)
-        dtype = _compute_dtype(curr)
-        curr = curr.to(dtype)
+        curr, data, dtype = _loss_inputs(next_token_logprobs, data)
         B, T = curr.shape
         if B % 2 != 0:
             raise ValueError(

@@ -36,7 +36,7 @@ import torch
 
 from rlref import advantages as adv
 from rlref.kl import KL_TYPES, calculate_kl
-from rlref.losses import LossInputType, LossType, _build_config, _check_curr, _count, _get
+from rlref.losses import LossInputType, LossType, _build_config, _count, _get, _loss_inputs
 from rlref.masking import masked_mean
 
 __all__ = [
@@ -137,11 +137,7 @@ class DrGRPOLoss:
 
     def __call__(self, next_token_logprobs, data, global_valid_seqs, global_valid_toks):
         cfg = self.config
-        curr = _check_curr(next_token_logprobs)
-        if not isinstance(data, Mapping):
-            raise TypeError(f"data must be a dict of tensors, got {type(data).__name__}")
-        dtype = torch.float64 if curr.dtype == torch.float64 else torch.float32
-        curr = curr.to(dtype)
+        curr, data, dtype = _loss_inputs(next_token_logprobs, data)
         B, T = curr.shape
         full = (B, T + 1)
         tm = _get(data, "token_mask", full, dtype, mask=True)[:, 1:]
