@@ -157,16 +157,23 @@ def test_pruning_savings():
         pruning_savings([1], 0)
 
 
-@pytest.mark.parametrize("value, pruned", [(0.29, True), (0.31, False)])
-def test_median_pruner_rule(value, pruned):
-    """Optuna's MedianPruner stops trial j at step t iff max_{s<=t} v_{j,s} < median of completed v_{i,t}."""
+def _median_pruned_study():
+    """A maximising study with MedianPruner(4 start-up trials, 2 warm-up steps) and four completed trials
+    that reported 0.1, 0.2, 0.4 and 0.9 at every step 0-4."""
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
-    for final in (0.1, 0.2, 0.4, 0.9):  # intermediate values at step 3: median = (0.2 + 0.4) / 2 = 0.3
+    for final in (0.1, 0.2, 0.4, 0.9):
         t = study.ask()
         for step in range(5):
             t.report(final, step)
         study.tell(t, final)
+    return study
+
+
+@pytest.mark.parametrize("value, pruned", [(0.29, True), (0.31, False)])
+def test_median_pruner_rule(value, pruned):
+    """Optuna's MedianPruner stops trial j at step t iff max_{s<=t} v_{j,s} < median of completed v_{i,t}."""
+    study = _median_pruned_study()  # median of the completed trials at every step: (0.2 + 0.4) / 2 = 0.3
     t = study.ask()
     t.report(0.0, 1)
     assert not t.should_prune()  # step 1 < n_warmup_steps: never pruned, however bad
@@ -184,13 +191,7 @@ def test_best_of_noisy_trials_is_biased_up():
 
 def test_median_pruner_compares_the_best_value_so_far():
     """A trial that was above the median earlier is not pruned when its current value drops below it."""
-    study = optuna.create_study(direction="maximize",
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
-    for final in (0.1, 0.2, 0.4, 0.9):  # median at every step = 0.3
-        t = study.ask()
-        for step in range(5):
-            t.report(final, step)
-        study.tell(t, final)
+    study = _median_pruned_study()  # median of the completed trials at every step: (0.2 + 0.4) / 2 = 0.3
     t = study.ask()
     t.report(0.5, 2)
     t.report(0.29, 3)  # below the median at step 3, but the best so far (0.5) is above it

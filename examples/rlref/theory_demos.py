@@ -50,6 +50,15 @@ def _check_positive_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+def _log_softmax_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor):
+    """float64 log-softmax of two 1-D logit vectors of equal size; the error names both arguments."""
+    if a.dim() != 1 or a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must be 1-D of equal size, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    return torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+
+
 def _check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -265,13 +274,7 @@ def importance_weight_stats(
     _check_generator(generator)
     T = _check_positive_int("seq_len", seq_len)
     n = _check_positive_int("num_samples", num_samples, 2)
-    if target_logits.dim() != 1 or target_logits.shape != behaviour_logits.shape:
-        raise ValueError(
-            f"target_logits and behaviour_logits must be 1-D of equal size, got {tuple(target_logits.shape)} "
-            f"and {tuple(behaviour_logits.shape)}"
-        )
-    logp = torch.log_softmax(target_logits.double(), -1)
-    logq = torch.log_softmax(behaviour_logits.double(), -1)
+    logp, logq = _log_softmax_pair("target_logits", target_logits, "behaviour_logits", behaviour_logits)
     p, q = logp.exp(), logq.exp()
     kl_token = float((p * (logp - logq)).sum())
     second_token = float((p.square() / q).sum())
@@ -310,13 +313,7 @@ def kl_estimator_stats(
     """
     _check_generator(generator)
     n = _check_positive_int("num_samples", num_samples, 2)
-    if logits.dim() != 1 or logits.shape != reference_logits.shape:
-        raise ValueError(
-            f"logits and reference_logits must be 1-D of equal size, got {tuple(logits.shape)} and "
-            f"{tuple(reference_logits.shape)}"
-        )
-    logp = torch.log_softmax(logits.double(), -1)
-    logref = torch.log_softmax(reference_logits.double(), -1)
+    logp, logref = _log_softmax_pair("logits", logits, "reference_logits", reference_logits)
     true_kl = float((logp.exp() * (logp - logref)).sum())
     x = torch.multinomial(logp.exp().float(), n, replacement=True, generator=generator)
     out: dict[str, dict[str, float] | float] = {"true_kl": true_kl}

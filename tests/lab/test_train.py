@@ -292,3 +292,16 @@ def test_bad_train_arguments_raise():
         sft_train(policy, "copy")
     with pytest.raises(TypeError, match="prompt_sampler"):
         grpo_train(policy, None, GRPOConfig(max_num_steps=1), prompt_sampler=lambda s, h: "copy")
+
+
+def test_counts_and_generation_throughput_are_defined_as_in_nemo_rl():
+    # 16 samples per step in 2 global batches of 8: NeMo RL logs the mean count per optimizer step
+    # (grpo.py:3480-3489) and divides the step's prompt+response tokens by generation time (utils.py:818-822)
+    policy, cfg = _small_grpo(steps=2, train_global_batch_size=8)
+    h = grpo_train(policy, make_task("copy", 1), cfg)
+    for step in h:
+        assert step["lab/optimizer_steps"] == 2.0
+        assert step["train/global_valid_seqs"] == 8.0
+        assert step["performance/generation_tokens_per_sec"] == pytest.approx(
+            step["train/total_num_tokens"] / step["timing/train/generation"], rel=1e-12
+        )
