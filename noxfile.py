@@ -2,7 +2,9 @@
 
 - ``docs``: build the whole site, executing every notebook (cached), warnings as errors.
 - ``tests``: the full test suite (parity, properties, notebooks, build, browser, lint).
-- ``lint``: ruff on code and notebook code cells, codespell on prose.
+- ``robustness``: run every notebook under another block of seeds and another CPU instruction set.
+- ``lint``: ruff on code and notebook code cells, codespell on prose (installs only the linters).
+- ``lock``: refresh constraints.txt, the lock every session installs from.
 - ``docs-live``: rebuild and reload the site on every save (sphinx-autobuild).
 - ``linkcheck``: check external links (needs the network).
 - ``notebooks-gpu``: run every notebook at full scale on a CUDA machine and store the outputs.
@@ -13,7 +15,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +27,9 @@ import nox
 ROOT = Path(__file__).resolve().parent
 BUILD = ROOT / "_build"
 HTML = BUILD / "html"
+LOCK = ROOT / "constraints.txt"
+# PyTorch's index of CPU-only builds; RLREF_TORCH_INDEX points elsewhere (a mirror, say).
+TORCH_CPU_INDEX = os.environ.get("RLREF_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
 # -j auto: parallel read, so notebooks that are not in the cache execute in parallel.
 SPHINX_FLAGS = ["-W", "-n", "--keep-going", "-j", "auto", "-c", str(ROOT)]
 
@@ -30,9 +38,23 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 
-def install(session: nox.Session, *extras: str) -> None:
-    """Install the project (torch pinned to the CPU build here) with the given extras."""
-    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+def locked_version(package: str) -> str:
+    """The version constraints.txt pins for ``package`` (one line ``package==X`` without markers)."""
+    match = re.search(rf"^{re.escape(package)}==([^\s;]+)\s*$", LOCK.read_text(encoding="utf-8"), re.M)
+    if match is None:
+        raise RuntimeError(f"{LOCK.name} pins no single version of {package}: run `nox -s lock`")
+    return match.group(1)
+
+
+def install(session: nox.Session, *extras: str, cpu_torch: bool = True) -> None:
+    """Install the project with the given extras, every package at its version in constraints.txt.
+
+    On Linux, torch comes first as the CPU build of the locked version, from PyTorch's CPU index:
+    PyPI's Linux wheel is the CUDA build, with several GB of CUDA libraries a CPU build never uses.
+    """
+    if cpu_torch and sys.platform == "linux":
+        session.install("--no-deps", f"torch=={locked_version('torch')}+cpu", "--index-url", TORCH_CPU_INDEX)
+    session.install("-c", str(LOCK), "-e", f".[{','.join(extras)}]" if extras else ".")
 
 
 def ensure_chromium(session: nox.Session) -> None:
@@ -64,17 +86,55 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def robustness(session: nox.Session) -> None:
+    """Run every executable document under another block of seeds and another CPU instruction set.
+
+    Every assertion stays on: a conclusion a page draws must hold here too. Pass paths to run only
+    those documents (``nox -s robustness -- examples/training/training-stability.md``).
+    """
+    install(session, "docs", "lab")
+    session.run("python", "tests/notebook_runner.py", "--robustness", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
-    """ruff on Python and on notebooks' code cells, codespell on prose."""
-    install(session, "docs", "test", "lint")
-    session.run("pytest", "tests/test_lint.py", *session.posargs)
+    """ruff on Python and on notebooks' code cells, codespell on prose: installs only the linters."""
+    session.install("-c", str(LOCK), "ruff", "codespell", "pytest")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_lint.py", *session.posargs)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Refresh constraints.txt from pyproject.toml (newest releases; torch stays at its pin).
+
+    ``nox -s lock -- --torch 2.14.0`` moves torch. Commit the new file with what it changed.
+    """
+    session.install("uv")
+    args = list(session.posargs)
+    torch = args[args.index("--torch") + 1] if "--torch" in args else locked_version("torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        pin = Path(tmp) / "torch.txt"
+        pin.write_text(f"torch=={torch}\n", encoding="utf-8")
+        session.run(
+            "uv", "pip", "compile", "pyproject.toml", "--all-extras", "--universal", "--python-version",
+            "3.11", "--constraint", str(pin), "--no-header", "--quiet", "-o", str(LOCK),
+        )
+    text = LOCK.read_text(encoding="utf-8")
+    LOCK.write_text(LOCK_HEADER + text, encoding="utf-8")
+    session.log(f"{LOCK.name}: {text.count('==')} pins, torch {torch}")
+
+
+LOCK_HEADER = """\
+# The lock: every package every nox session installs, at one version (pip install -c constraints.txt).
+# Made by `nox -s lock` (uv pip compile pyproject.toml --all-extras --universal); do not edit by hand.
+# On Linux nox installs torch's CPU build of the version below first (noxfile.py, install()).
+"""
 
 
 @nox.session(name="docs-live")
 def docs_live(session: nox.Session) -> None:
     """Serve the site on localhost and rebuild on every save."""
-    install(session, "docs", "lab")
-    session.install("sphinx-autobuild")
+    install(session, "docs", "lab", "dev")
     session.run(
         "sphinx-autobuild", "-c", str(ROOT), "docs", str(HTML), "--watch", "examples",
         "--ignore", "*.ipynb_checkpoints*", *session.posargs,
@@ -102,9 +162,9 @@ def notebooks_gpu(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--torch-index" in args:
         i = args.index("--torch-index")
-        session.install("torch==2.13.0", "--index-url", args[i + 1])
+        session.install(f"torch=={locked_version('torch')}", "--index-url", args[i + 1])
         del args[i : i + 2]
-    install(session, "docs", "lab")
+    install(session, "docs", "lab", cpu_torch=False)
     session.install("nvidia-ml-py>=12")  # NVML, behind torch.cuda.utilization() (monitoring page)
     session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else "
                 "'notebooks-gpu needs a CUDA device: torch.cuda.is_available() is False')")

@@ -17,6 +17,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,12 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from jupyter_cache import get_cache
 from myst_nb.core.read import read_myst_markdown_notebook
 from myst_parser.config.main import MdParserConfig
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+from site_extras import inputs_hash  # noqa: E402  (the cache key's inputs, as the build computes them)
 
 
 class NotebookFailed(RuntimeError):
@@ -79,6 +83,37 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), MdParserConfig(), path=str(path))
 
 
+def cache_path() -> Path:
+    """The execution cache the site build uses (``$NB_EXECUTION_CACHE_PATH``, as conf.py reads it)."""
+    return Path(os.environ.get("NB_EXECUTION_CACHE_PATH", ROOT / "_build" / ".jupyter_cache"))
+
+
+def keyed_notebook(path: Path) -> nbformat.NotebookNode:
+    """The notebook as the site build keys it in the cache: its code plus the hash of its inputs."""
+    nb = read_notebook(path)
+    nb.metadata.setdefault("kernelspec", {})["rlref_inputs"] = inputs_hash(Path(path))
+    return nb
+
+
+def cache_record(path: Path, cache: Path | None = None):
+    """The jupyter-cache record of this notebook's current code and inputs, or None."""
+    cache = cache or cache_path()
+    if not cache.exists():
+        return None
+    try:
+        return get_cache(str(cache)).match_cache_notebook(keyed_notebook(path))
+    except KeyError:
+        return None
+
+
+def cached_notebook(path: Path, cache: Path | None = None) -> nbformat.NotebookNode | None:
+    """The executed notebook from the site build's cache, if its code and inputs are unchanged."""
+    record = cache_record(path, cache)
+    if record is None:
+        return None
+    return get_cache(str(cache or cache_path())).get_cache_bundle(record.pk).nb
+
+
 def execute(path: Path | str, timeout: int = 180) -> Executed:
     """Run every cell of ``path`` in a fresh kernel (cwd = the notebook's folder)."""
     path = Path(path).resolve()
@@ -117,6 +152,67 @@ def notebooks(root: Path = ROOT) -> list[Path]:
         for p in (root / "examples").glob("*/*.md")
         if p.parent.name not in {"rlref", "gpu-runs"} and p.name != "README.md"
     )
+
+
+def executable_documents(root: Path = ROOT) -> list[Path]:
+    """Every document the build executes: the notebooks, and the pages in docs/ with code cells."""
+    pages = sorted(
+        p
+        for p in (root / "docs").glob("**/*.md")
+        if "examples" not in p.relative_to(root / "docs").parts[:1] and "{code-cell}" in p.read_text("utf-8")
+    )
+    return notebooks(root) + pages
+
+
+ROBUSTNESS_SEED_OFFSET = 1000  # the second block of seeds: far from every seed a notebook uses by default
+# Instruction-set caps that make this CPU compute as a lesser one does (oneDNN, MKL, ATen kernels).
+_LESSER_ISA = {
+    "AVX512": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "AVX2": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
+def robustness_env(offset: int = ROBUSTNESS_SEED_OFFSET) -> tuple[dict[str, str], str]:
+    """Environment for a robustness run, and a sentence saying what it changes.
+
+    Another block of seeds (``RLREF_SEED_OFFSET``) and another CPU's numerics: the instruction set
+    this machine does not use by default (AVX2 on an AVX-512 machine, plain SIMD on an AVX2 one).
+    """
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    env = {"RLREF_SEED_OFFSET": str(offset), "RLREF_SCALE": "small"}
+    isa = _LESSER_ISA.get(capability.upper())
+    if isa is None:
+        return env, f"seeds moved by {offset}; CPU capability {capability} has no lesser instruction set to force"
+    env.update(isa)
+    return env, f"seeds moved by {offset}; {capability} machine computing as {isa['ATEN_CPU_CAPABILITY']}"
+
+
+def _execute_with_env(path: Path, timeout: int, env: dict[str, str]) -> tuple[Path, float | None, str]:
+    os.environ.update(env)  # the kernel nbclient starts inherits this process's environment
+    try:
+        return path, execute(path, timeout=timeout).seconds, ""
+    except NotebookFailed as exc:
+        return path, None, str(exc)
+
+
+def run_all(paths: list[Path], timeout: int, env: dict[str, str], jobs: int) -> list[str]:
+    """Execute every document under ``env`` (``jobs`` at a time); return one message per failure."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    failures = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_execute_with_env, path, timeout, env) for path in paths]
+        for future in futures:
+            path, seconds, error = future.result()
+            name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            if error:
+                failures.append(error)
+                print(f"FAILED {error}", flush=True)
+            else:
+                print(f"OK {name} in {seconds:.1f} s", flush=True)
+    return failures
 
 
 def gpu_provenance(path: Path, seconds: float, root: Path = ROOT) -> dict:
@@ -178,7 +274,22 @@ def main() -> int:
         "--store-gpu", action="store_true", help="store outputs + provenance in examples/gpu-runs"
     )
     parser.add_argument("--all", action="store_true", help="run every notebook under examples/")
+    parser.add_argument(
+        "--robustness", action="store_true",
+        help="run every executable document (or those named) under another block of seeds and another "
+        "CPU instruction set, every assertion on; report every failure",
+    )
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="documents at a time (--robustness)")
     args = parser.parse_args()
+    if args.robustness:
+        env, what = robustness_env()
+        paths = [p.resolve() for p in args.notebooks] or executable_documents()
+        print(f"Robustness run of {len(paths)} documents: {what}.", flush=True)
+        print("  " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+        start = time.perf_counter()
+        failures = run_all(paths, args.timeout, env, args.jobs)
+        print(f"{len(paths) - len(failures)} passed, {len(failures)} failed in {time.perf_counter() - start:.0f} s")
+        return 1 if failures else 0
     for path in (notebooks() if args.all else []) + list(args.notebooks):
         try:
             result = execute(path, timeout=args.timeout)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from notebook_runner import read_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = ["tests", "examples/rlref", "conf.py", "noxfile.py", "docs/_ext", "docs/_inventories"]
@@ -32,14 +32,21 @@ def notebook_sources() -> list[Path]:
     return [p for p in paths if "{code-cell}" in p.read_text(encoding="utf-8")]
 
 
+_CODE_CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(.*?)^```", re.M | re.S)
+_CELL_OPTIONS = re.compile(r"\A(?:---\n.*?\n---\n|(?::[\w-]+:[^\n]*\n)+)", re.S)
+
+
+def code_cells(path: Path) -> list[str]:
+    """The source of each code cell of a MyST notebook, without its options (no myst-nb needed)."""
+    return [_CELL_OPTIONS.sub("", cell) for cell in _CODE_CELL.findall(path.read_text(encoding="utf-8"))]
+
+
 def cells_as_python(path: Path) -> str:
     """Code cells joined into one module; IPython magics and shell lines become comments."""
     chunks = []
-    for i, cell in enumerate(read_notebook(path).cells):
-        if cell.cell_type != "code":
-            continue
+    for i, source in enumerate(code_cells(path)):
         lines = [
-            f"# {line}" if line.lstrip().startswith(("%", "!")) else line for line in cell.source.splitlines()
+            f"# {line}" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()
         ]
         chunks.append(f"# --- cell {i}\n" + "\n".join(lines) + "\n")
     return "\n\n".join(chunks)

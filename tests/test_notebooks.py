@@ -15,8 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from jupyter_cache import get_cache
-from notebook_runner import execute, myst_notebook, notebooks, read_notebook
+from notebook_runner import cache_record, execute, myst_notebook, notebooks
 from test_site_build import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,14 +27,9 @@ NOTEBOOKS = notebooks(ROOT)
 
 
 def recorded_seconds(path: Path) -> float | None:
-    """The execution time jupyter-cache recorded for this notebook's current code, if any."""
-    if not CACHE.exists():
-        return None
-    try:
-        record = get_cache(str(CACHE)).match_cache_notebook(read_notebook(path))
-    except KeyError:
-        return None
-    return record.data.get("execution_seconds")
+    """The execution time jupyter-cache recorded for this notebook's current code and inputs, if any."""
+    record = cache_record(path, CACHE)
+    return None if record is None else record.data.get("execution_seconds")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Small Sphinx extension for this site: page descriptions, tag pages and stored GPU outputs.
+"""Small Sphinx extension for this site: page descriptions, tag pages, stored GPU outputs, and an
+execution cache that knows the code a notebook runs.
 
 - ``description`` front matter becomes the page's ``<meta name="description">``.
 - ``tags`` front matter is shown under the page title, and ``_tags/`` (generated, git-ignored)
@@ -7,6 +8,15 @@
   ``nox -s notebooks-gpu``, render as pages of their own without execution; the CPU notebook
   page links to them with the hardware named, as long as the notebook source is unchanged
   since the GPU run (same sha256). ``stale_gpu_runs`` is what the tests use to catch the rest.
+- A notebook's **inputs** are the ``rlref`` modules it imports (with everything they import), the
+  scripts it runs, and the lock file (``notebook_inputs``). Their hash is part of the notebook's
+  key in the execution cache, and each input is a Sphinx dependency of the notebook and of every
+  page that pastes a result from it: change one and exactly those documents re-read and the
+  notebook re-executes; a stale output never reaches a page.
+- Files a notebook writes for download under ``_generated/<slug>/`` are stored with its cached
+  outputs and come back with them.
+- After a build that warned, the next build re-reads every document, so a repeated build fails
+  again instead of reporting success over the broken pages.
 """
 
 from __future__ import annotations
@@ -24,6 +34,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 GPU_RUNS = ROOT / "examples" / "gpu-runs"
+RLREF = ROOT / "examples" / "rlref"
+LOCK = ROOT / "constraints.txt"  # every package every nox session installs, pinned
+GENERATED = "_generated"  # a notebook's downloadable files: <notebook dir>/_generated/<slug>/
+DIRTY_MARKER = "site_extras.reread-all"  # in the doctree dir: the last build warned
 TAGS_DIR = "_tags"  # under docs/, git-ignored, rewritten only when its content changes
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
@@ -133,6 +147,113 @@ def write_tag_pages(srcdir: Path = DOCS) -> Path:
     return out
 
 
+# -- A notebook's inputs: the code it runs ----------------------------------------------
+_IMPORT = re.compile(r"^\s*(?:from\s+(rlref(?:\.\w+)*)\s+import\s+([^#\n]+)|import\s+(rlref(?:\.\w+)*))", re.M)
+_SCRIPT = re.compile(r"""["'/]((?:[\w.-]+/)*[\w.-]+\.py)["']""")
+
+
+def _module_path(module: str, rlref: Path) -> Path | None:
+    """The file of an ``rlref`` module (``rlref.lab`` -> ``lab/__init__.py``), None if there is none."""
+    parts = module.split(".")[1:]
+    base = rlref.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(text: str) -> set[str]:
+    """``rlref`` modules that Python source text imports (``from rlref import stats`` -> rlref.stats)."""
+    modules = set()
+    for match in _IMPORT.finditer(text):
+        if match.group(3):
+            modules.add(match.group(3))
+            continue
+        package = match.group(1)
+        modules.add(package)
+        names = match.group(2).replace("(", " ").replace(")", " ").replace("\\", " ")
+        for name in names.split(","):
+            name = name.strip().split(" as ")[0].strip()
+            if name.isidentifier():
+                modules.add(f"{package}.{name}")
+    return modules
+
+
+def _relative_imports(tree, module: str, is_package: bool) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+    return found
+
+
+def rlref_closure(text: str, rlref: Path = RLREF) -> list[Path]:
+    """Every ``rlref`` file that source ``text`` imports, directly or through other rlref modules."""
+    import ast
+
+    todo, seen = sorted(_imported_modules(text)), {}
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        # importing rlref.a.b runs rlref/__init__.py and rlref/a/__init__.py first
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) not in seen)
+        path = _module_path(module, rlref)
+        if path is None or module in seen:
+            continue
+        seen[module] = path
+        source = path.read_text(encoding="utf-8")
+        imported = _imported_modules(source) | _relative_imports(
+            ast.parse(source), module, path.name == "__init__.py"
+        )
+        todo.extend(m for m in imported if m not in seen)
+    return sorted(set(seen.values()))
+
+
+def notebook_inputs(path: Path, rlref: Path = RLREF, lock: Path = LOCK) -> list[Path]:
+    """What a notebook's outputs depend on besides its own text: rlref files, scripts it runs, the lock."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    code = "\n".join(re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```", text, flags=re.M | re.S))
+    inputs = set(rlref_closure(code, rlref))
+    scripts = set(_SCRIPT.findall(code))
+    for folder in re.findall(r"sys\.path\.insert\(\s*0\s*,\s*[\"']([^\"']+)[\"']", code):
+        scripts |= {f"{folder}/{name}.py" for name in re.findall(r"^\s*(?:from|import)\s+(\w+)", code, re.M)}
+    for rel in sorted(scripts):
+        script = (path.parent / rel).resolve()
+        if script.is_file() and rlref not in script.parents:
+            inputs.add(script)
+            inputs.update(rlref_closure(script.read_text(encoding="utf-8"), rlref))
+    if lock.is_file():
+        inputs.add(lock)
+    return sorted(inputs)
+
+
+def inputs_hash(path: Path, rlref: Path = RLREF, lock: Path = LOCK) -> str:
+    """sha256 over the contents of ``notebook_inputs(path)``, independent of where the tree lies."""
+    digest = hashlib.sha256()
+    base = rlref.parent.parent
+    for dep in notebook_inputs(path, rlref, lock):
+        rel = dep.relative_to(base).as_posix() if dep.is_relative_to(base) else dep.name
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(dep.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _pasted_from(text: str, docname: str) -> set[str]:
+    """Docnames a page pastes glued results from (``{glue:text}`/examples/a/b.md::key:.3f```)."""
+    docs = set()
+    for ref in re.findall(r"\{glue(?::\w+)?\}`([^`]*?)::", text):
+        ref = ref.strip()
+        rel = ref.lstrip("/") if ref.startswith("/") else (Path(docname).parent / ref).as_posix()
+        docs.add(os.path.normpath(rel).removesuffix(".md").removesuffix(".ipynb"))
+    return docs
+
+
 # -- Stored GPU outputs ---------------------------------------------------------------
 @dataclass(frozen=True)
 class GpuRun:
@@ -213,6 +334,11 @@ def _builder_inited(app) -> None:
             runs[run.notebook.relative_to(root).with_suffix("").as_posix()] = run
     app.env.site_gpu_runs = runs
     app.env.site_root = root
+    if app.config.nb_execution_mode == "cache":
+        # create jupyter-cache's database here, once: parallel readers would race to create it
+        from jupyter_cache import get_cache
+
+        get_cache(app.config.nb_execution_cache_path or ".jupyter_cache").list_cache_records()
 
 
 def _tags_line(tags: list[str]) -> str:
@@ -241,10 +367,26 @@ def _insert_after_title(text: str, insert: str) -> str:
     return text + insert
 
 
+def _note_inputs(app, docname: str, text: str) -> None:
+    """Make a notebook's inputs, and those of every notebook a page pastes from, its dependencies."""
+    env = app.env
+    notebooks = {docname} if "{code-cell}" in text else set()
+    notebooks |= _pasted_from(text, docname)
+    for nb in sorted(notebooks):
+        path = Path(env.doc2path(nb)) if nb in env.found_docs else None
+        if path is None or path.suffix != ".md":
+            continue
+        if nb != docname:
+            env.note_dependency(str(path))
+        for dep in notebook_inputs(path):
+            env.note_dependency(str(dep))
+
+
 def _source_read(app, docname: str, source: list[str]) -> None:
     if docname.startswith("examples/gpu-runs/"):
         source[0] = _gpu_page_source(app, docname, source[0])
         return
+    _note_inputs(app, docname, source[0])
     data = getattr(app.env, "site_front_matter", {}).get(docname, {})
     insert = ""
     tags = page_tags(data, docname)
@@ -298,10 +440,36 @@ def _html_page_context(app, pagename, templatename, context, doctree) -> None:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _explain_notebook_failures() -> None:
-    """Put the failing cell and its exception into myst-nb's ExecutionError message.
+def _generated_store(cache_path: str, key: str) -> Path:
+    return Path(cache_path) / GENERATED / key
 
-    myst-nb logs them as a warning and raises ``ExecutionError(<notebook path>)``; in a parallel
+
+def _cache_key(notebook, inputs: str) -> str:
+    code = [c.source for c in notebook.cells if c.cell_type == "code"]
+    return hashlib.sha256(json.dumps([code, inputs]).encode()).hexdigest()[:20]
+
+
+def _sync_generated(nb_path: Path, store: Path, executed: bool) -> None:
+    """After an execution, keep ``_generated/<slug>/``; after a cache hit, put it back."""
+    import shutil
+
+    live = nb_path.parent / GENERATED / nb_path.stem
+    if executed:
+        if live.is_dir() and any(live.iterdir()):
+            shutil.rmtree(store, ignore_errors=True)
+            shutil.copytree(live, store)
+    elif store.is_dir():
+        for src in store.rglob("*"):
+            dst = live / src.relative_to(store)
+            if src.is_file() and (not dst.exists() or dst.read_bytes() != src.read_bytes()):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+
+
+def _patch_notebook_client() -> None:
+    """Key the execution cache on a notebook's inputs, keep its ``_generated`` files, explain failures.
+
+    Failures: myst-nb logs them as a warning and raises ``ExecutionError(<notebook path>)``; in a parallel
     build (``-j auto``) a worker's log is lost when it raises, so without this the console would
     name only the notebook.
     """
@@ -313,8 +481,19 @@ def _explain_notebook_failures() -> None:
         return
 
     def start_client(self):
+        from jupyter_cache import get_cache
+
+        # the notebook's inputs (rlref code, scripts, lock) join its code cells in the cache key
+        inputs = inputs_hash(Path(self.path)) if self.path is not None else ""
+        self.notebook.metadata.setdefault("kernelspec", {})["rlref_inputs"] = inputs
+        cache_path = self.nb_config.execution_cache_path or ".jupyter_cache"
         try:
-            return original(self)
+            get_cache(cache_path).match_cache_notebook(self.notebook)
+            cached = True
+        except KeyError:
+            cached = False
+        try:
+            original(self)
         except ExecutionError as exc:
             if exc.__cause__ is None:
                 raise
@@ -322,6 +501,9 @@ def _explain_notebook_failures() -> None:
             if len(detail) > 4000:
                 detail = detail[:1500] + "\n[...]\n" + detail[-2500:]
             raise ExecutionError(f"notebook {exc} failed:\n{detail}") from exc.__cause__
+        if self.path is not None:
+            store = _generated_store(cache_path, _cache_key(self.notebook, inputs))
+            _sync_generated(Path(self.path), store, executed=not cached)
 
     start_client._site_extras = True
     cache.NotebookClientCache.start_client = start_client
@@ -349,11 +531,29 @@ def _spread_notebooks(app, env, docnames: list[str]) -> None:
     docnames[:] = order + light
 
 
+def _mark_if_warned(app, exception) -> None:
+    """A build that warned (or failed) makes the next one re-read every document."""
+    marker = Path(app.doctreedir) / DIRTY_MARKER
+    if exception is not None or getattr(app, "_warncount", 0):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("the last build warned: re-read every document\n", encoding="utf-8")
+    elif marker.exists():
+        marker.unlink()
+
+
+def _reread_after_warnings(app, env, added, changed, removed) -> list[str]:
+    if (Path(app.doctreedir) / DIRTY_MARKER).exists():
+        return sorted(env.found_docs)
+    return []
+
+
 def setup(app):
-    _explain_notebook_failures()
+    _patch_notebook_client()
     app.add_config_value("site_root", "", "env")  # repository root holding examples/ (default: confdir)
     app.connect("builder-inited", _builder_inited)
     app.connect("source-read", _source_read)
     app.connect("env-before-read-docs", _spread_notebooks)
     app.connect("html-page-context", _html_page_context)
+    app.connect("env-get-outdated", _reread_after_warnings)
+    app.connect("build-finished", _mark_if_warned)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

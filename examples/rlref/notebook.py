@@ -1,8 +1,17 @@
-"""The first cell of every example notebook: seed, device, size knob and provenance.
+"""The first cell of every example notebook: seed, device, size knob and provenance; and glue.
 
 One knob chooses the scale of a notebook run: the environment variable ``RLREF_SCALE``
 (``small`` or ``full``). Its automatic default is ``full`` when CUDA is available and
 ``small`` otherwise, so a notebook runs in seconds on a CPU and at full size on a GPU.
+
+A second knob moves every seed a notebook uses: ``RLREF_SEED_OFFSET`` (default 0) is added to
+the seed of :func:`setup`, to :meth:`Run.generator` and to every seed of :meth:`Run.seeds`.
+``nox -s robustness`` runs every notebook with a second block of seeds this way, so an assertion
+that guards a page's conclusion must hold for any block of seeds, not only for seeds 0..n-1.
+
+:func:`glue` stores a computed result under a name, and the page pastes it with myst-nb's
+``{glue:text}`` role (``{glue:text}`/examples/<section>/<slug>.md::name:.3f``` from a page in
+``docs/``): no measured number is typed into prose.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +27,19 @@ import numpy as np
 import torch
 
 SCALES = ("small", "full")
+GLUE_PREFIX = "application/papermill.record/"  # myst-nb's mime prefix for glued, undisplayed values
+
+
+def seed_offset() -> int:
+    """``$RLREF_SEED_OFFSET`` as a non-negative int (0 when unset)."""
+    raw = os.environ.get("RLREF_SEED_OFFSET", "0")
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise ValueError(f"RLREF_SEED_OFFSET must be a non-negative integer, got {raw!r}") from None
+    if offset < 0:
+        raise ValueError(f"RLREF_SEED_OFFSET must be a non-negative integer, got {raw!r}")
+    return offset
 
 
 def seed_everything(seed: int) -> None:
@@ -45,12 +68,22 @@ def device_name(device: torch.device) -> str:
 
 @dataclass
 class Run:
-    """What a notebook needs to know about its run; ``pick(small, full)`` applies the size knob."""
+    """What a notebook needs to know about its run; ``pick(small, full)`` applies the size knob.
+
+    ``seed`` already includes ``$RLREF_SEED_OFFSET``; ``seeds(n)`` gives the n seeds of a
+    multi-seed experiment, ``seed, seed+1, ..., seed+n-1``.
+    """
 
     seed: int
     scale: str
     device: torch.device
     started: float = field(default_factory=time.perf_counter)
+
+    def seeds(self, n: int) -> list[int]:
+        """The seeds of an n-seed experiment: ``[seed, ..., seed + n - 1]`` (moved by the offset)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"the number of seeds must be a positive int, got {n!r}")
+        return list(range(self.seed, self.seed + n))
 
     def pick(self, small, full):
         """Return ``small`` at the small (CPU) scale and ``full`` at the full (GPU) scale."""
@@ -72,9 +105,10 @@ class Run:
 def setup(seed: int = 0, scale: str | None = None, deterministic: bool = True) -> Run:
     """Seed everything, choose device and scale, and print the provenance line.
 
-    On CPU, ``deterministic=True`` also turns on ``torch.use_deterministic_algorithms`` so
-    that two runs of a notebook print identical numbers.
+    The seed used is ``seed + $RLREF_SEED_OFFSET``. On CPU, ``deterministic=True`` also turns on
+    ``torch.use_deterministic_algorithms`` so that two runs of a notebook print identical numbers.
     """
+    seed = seed + seed_offset()
     seed_everything(seed)
     scale = choose_scale(scale)
     device = torch.device("cuda" if torch.cuda.is_available() and scale == "full" else "cpu")
@@ -91,3 +125,32 @@ def setup(seed: int = 0, scale: str | None = None, deterministic: bool = True) -
         f"python={platform.python_version()}, seed={seed}, scale={scale}"
     )
     return run
+
+
+def _plain(value):
+    """numpy and torch scalars as Python numbers, so ``{glue:text}`key:.3f``` can format them."""
+    if isinstance(value, (np.generic, torch.Tensor)):
+        if getattr(value, "ndim", 0) != 0:
+            raise TypeError(f"glue takes a scalar, a string or a figure; got an array of shape {value.shape}")
+        return value.item()
+    return value
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Store ``value`` under ``name`` for myst-nb's ``{glue}`` roles and directives.
+
+    The same record as ``myst_nb.glue`` (so pages paste it), without importing myst-nb in the
+    kernel. Numbers paste with a format spec (``{glue:text}`name:.3f```); strings, such as an
+    interval or a sentence whose wording depends on the outcome, with ``:s``; a matplotlib
+    figure with ``{glue:figure}``. ``display=True`` also shows the value in the cell's output.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"glue name must be letters, digits, '_', '.' or '-', got {name!r}")
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as ipy_display
+
+    value = _plain(value)
+    bundle, metadata = format_display_data(value)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+    ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
