@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -154,12 +155,18 @@ def notebooks(root: Path = ROOT) -> list[Path]:
     )
 
 
+def is_notebook(path: Path) -> bool:
+    """Whether myst-nb executes this Markdown file: its front matter names a kernel."""
+    front = re.match(r"\A---\s*\n(.*?)\n---\s*\n", path.read_text(encoding="utf-8"), re.S)
+    return front is not None and re.search(r"^kernelspec:", front.group(1), re.M) is not None
+
+
 def executable_documents(root: Path = ROOT) -> list[Path]:
     """Every document the build executes: the notebooks, and the pages in docs/ with code cells."""
     pages = sorted(
         p
         for p in (root / "docs").glob("**/*.md")
-        if "examples" not in p.relative_to(root / "docs").parts[:1] and "{code-cell}" in p.read_text("utf-8")
+        if p.relative_to(root / "docs").parts[0] not in {"examples", "_build", "_tags"} and is_notebook(p)
     )
     return notebooks(root) + pages
 
@@ -167,8 +174,12 @@ def executable_documents(root: Path = ROOT) -> list[Path]:
 ROBUSTNESS_SEED_OFFSET = 1000  # the second block of seeds: far from every seed a notebook uses by default
 # Instruction-set caps that make this CPU compute as a lesser one does (oneDNN, MKL, ATen kernels).
 _LESSER_ISA = {
-    "AVX512": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "AVX2": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "AVX512": {
+        "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"
+    },
+    "AVX2": {
+        "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"
+    },
 }
 
 
@@ -184,7 +195,7 @@ def robustness_env(offset: int = ROBUSTNESS_SEED_OFFSET) -> tuple[dict[str, str]
     env = {"RLREF_SEED_OFFSET": str(offset), "RLREF_SCALE": "small"}
     isa = _LESSER_ISA.get(capability.upper())
     if isa is None:
-        return env, f"seeds moved by {offset}; CPU capability {capability} has no lesser instruction set to force"
+        return env, f"seeds moved by {offset}; {capability} CPU: no lesser instruction set to force"
     env.update(isa)
     return env, f"seeds moved by {offset}; {capability} machine computing as {isa['ATEN_CPU_CAPABILITY']}"
 
@@ -279,7 +290,9 @@ def main() -> int:
         help="run every executable document (or those named) under another block of seeds and another "
         "CPU instruction set, every assertion on; report every failure",
     )
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="documents at a time (--robustness)")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="documents at a time (--robustness)"
+    )
     args = parser.parse_args()
     if args.robustness:
         env, what = robustness_env()
@@ -288,7 +301,8 @@ def main() -> int:
         print("  " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
         start = time.perf_counter()
         failures = run_all(paths, args.timeout, env, args.jobs)
-        print(f"{len(paths) - len(failures)} passed, {len(failures)} failed in {time.perf_counter() - start:.0f} s")
+        seconds = time.perf_counter() - start
+        print(f"{len(paths) - len(failures)} passed, {len(failures)} failed in {seconds:.0f} s")
         return 1 if failures else 0
     for path in (notebooks() if args.all else []) + list(args.notebooks):
         try:

@@ -106,7 +106,9 @@ def _rounds_to(output: str, typed: Decimal, places: int, percent: bool) -> bool:
     return decimals >= places and round(value, places) == typed
 
 
-def typed_measured_numbers(path: Path, outputs: list[str], code: str, text: str | None = None) -> list[Finding]:
+def typed_measured_numbers(
+    path: Path, outputs: list[str], code: str, text: str | None = None
+) -> list[Finding]:
     """Measured numbers (in ``outputs`` but not literals of ``code``) typed into ``path``'s prose."""
     text = path.read_text(encoding="utf-8") if text is None else text
     measured = output_numbers(outputs)
@@ -134,8 +136,10 @@ def code_cells(text: str) -> str:
 
 def notebooks_of(page: Path) -> list[Path]:
     """The executable documents a page reports: itself, if it has code cells, and notebooks it links."""
+    from notebook_runner import is_notebook
+
     text = page.read_text(encoding="utf-8")
-    found = [page] if "{code-cell}" in text else []
+    found = [page] if is_notebook(page) else []
     for ref in sorted(set(re.findall(r"/?examples/([\w-]+/[\w.-]+?)(?:\.md)?(?=[`>\s:]|$)", text, re.M))):
         nb = EXAMPLES / f"{ref}.md"
         if nb.is_file() and nb not in found and nb.parent.name != "gpu-runs":
@@ -160,7 +164,7 @@ def executed_texts(notebook) -> list[str]:
             if out.get("output_type") == "stream":
                 texts.append(out["text"])
             for mime, value in out.get("data", {}).items():
-                if mime.endswith("text/plain") or mime.endswith("text/html") or mime.endswith("text/markdown"):
+                if mime.endswith(("text/plain", "text/html", "text/markdown")):
                     texts.append(value if isinstance(value, str) else "".join(value))
     return texts
 
@@ -176,6 +180,10 @@ def glued_values(notebook) -> dict[str, str]:
             plain = [v for k, v in out.get("data", {}).items() if k.endswith("text/plain")]
             values[name] = plain[0] if plain else ""
     return values
+
+
+def _rel(path: Path):
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 _GLUE_REF = re.compile(r"\{glue(?::(\w+))?\}`([^`]+)`")
@@ -194,7 +202,7 @@ def glue_problems(page: Path, glued_of) -> list[str]:
     for match in _GLUE_REF.finditer(text):
         kind, ref = match.group(1) or "any", match.group(2)
         line = text.count("\n", 0, match.start()) + 1
-        where = f"{page.relative_to(ROOT) if page.is_relative_to(ROOT) else page}:{line}"
+        where = f"{_rel(page)}:{line}"
         if "::" in ref:
             doc, rest = ref.split("::", 1)
             nb = (DOCS / doc.lstrip("/")) if doc.startswith("/") else (page.parent / doc)
@@ -210,7 +218,7 @@ def glue_problems(page: Path, glued_of) -> list[str]:
             continue
         values = glued_of(nb)
         if key not in values:
-            problems.append(f"{where}: no value glued as {key!r} in {nb.relative_to(ROOT)}")
+            problems.append(f"{where}: no value glued as {key!r} in {_rel(nb)}")
             continue
         if fmt and fmt[-1] in "eEfFgGn%d":
             try:
@@ -237,7 +245,9 @@ def check(paths: list[Path], outputs_of) -> list[Finding]:
 def main() -> int:
     from notebook_runner import cached_notebook, execute
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("pages", nargs="*", type=Path)
     args = parser.parse_args()
 

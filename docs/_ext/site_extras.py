@@ -148,7 +148,9 @@ def write_tag_pages(srcdir: Path = DOCS) -> Path:
 
 
 # -- A notebook's inputs: the code it runs ----------------------------------------------
-_IMPORT = re.compile(r"^\s*(?:from\s+(rlref(?:\.\w+)*)\s+import\s+([^#\n]+)|import\s+(rlref(?:\.\w+)*))", re.M)
+_IMPORT = re.compile(
+    r"^\s*(?:from\s+(rlref(?:\.\w+)*)\s+import\s+([^#\n]+)|import\s+(rlref(?:\.\w+)*))", re.M
+)
 _SCRIPT = re.compile(r"""["'/]((?:[\w.-]+/)*[\w.-]+\.py)["']""")
 
 

@@ -129,7 +129,7 @@ def setup(seed: int = 0, scale: str | None = None, deterministic: bool = True) -
 
 def _plain(value):
     """numpy and torch scalars as Python numbers, so ``{glue:text}`key:.3f``` can format them."""
-    if isinstance(value, (np.generic, torch.Tensor)):
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
         if getattr(value, "ndim", 0) != 0:
             raise TypeError(f"glue takes a scalar, a string or a figure; got an array of shape {value.shape}")
         return value.item()
