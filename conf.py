@@ -64,8 +64,11 @@ nb_execution_cache_path = os.environ.get("NB_EXECUTION_CACHE_PATH", str(ROOT / "
 # nbclient's timeout, per cell: a cell running longer fails the build. A notebook may set its own in
 # front matter (mystnb: {execution_timeout: 300}); the whole-notebook budget is tests/test_notebooks.py's.
 nb_execution_timeout = 180
-nb_execution_raise_on_error = True  # a failing cell fails the build, naming notebook, cell and exception
-nb_execution_show_tb = True
+# A failing notebook does not stop the others: site_extras reports it as a warning naming the notebook,
+# the code cell, its line in the .md source and the traceback (so -W fails the build), and
+# `nox -s docs` prints every such report last.
+nb_execution_raise_on_error = False
+nb_execution_show_tb = False
 nb_merge_streams = True
 # Stored full-scale GPU outputs (nox -s notebooks-gpu) are shown as they are, never re-executed.
 nb_execution_excludepatterns = ["gpu-runs/*/*.ipynb"]

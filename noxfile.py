@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import nox
+import nox.command
 
 ROOT = Path(__file__).resolve().parent
 BUILD = ROOT / "_build"
@@ -68,11 +69,24 @@ def ensure_chromium(session: nox.Session) -> None:
         session.error("the browser tests need Debian's chromium: run `sudo apt-get install chromium` first")
 
 
+def sphinx_build(session: nox.Session, *args: str, **kwargs) -> None:
+    """sphinx-build with the site's flags; a failed notebook's report (cell, line, traceback) comes last."""
+    try:
+        session.run("sphinx-build", *SPHINX_FLAGS, *args, **kwargs)
+    except nox.command.CommandFailed:
+        out = Path(args[args.index("-b") + 3]) if "-b" in args else HTML
+        reports = sorted((out / ".doctrees" / "notebook-failures").glob("*.txt"))
+        if reports:
+            text = "\n".join(r.read_text(encoding="utf-8") for r in reports)
+            session.error(f"{len(reports)} notebook(s) failed:\n\n{text}")
+        raise
+
+
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the site into _build/html, executing every notebook (unchanged ones come from the cache)."""
     install(session, "docs", "lab")
-    session.run("sphinx-build", *SPHINX_FLAGS, "-b", "html", "docs", str(HTML), *session.posargs)
+    sphinx_build(session, "-b", "html", "docs", str(HTML), *session.posargs)
     session.log(f"Site built: {HTML / 'index.html'}")
     session.log(f"Serve it with: python -m http.server --directory {HTML.relative_to(ROOT)} 8000")
 

@@ -35,11 +35,11 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
-from site_extras import inputs_hash  # noqa: E402  (the cache key's inputs, as the build computes them)
+from site_extras import failure_report, inputs_hash  # noqa: E402  (as the site build computes them)
 
 
 class NotebookFailed(RuntimeError):
-    """A cell of a notebook raised; the message names the notebook, the cell and the exception."""
+    """A cell raised; the message names the notebook, the code cell, its .md line, then the traceback."""
 
 
 @dataclass
@@ -81,7 +81,8 @@ def myst_notebook(title: str, *cells: str) -> str:
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
-    return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), MdParserConfig(), path=str(path))
+    text = path.read_text(encoding="utf-8")
+    return read_myst_markdown_notebook(text, MdParserConfig(), add_source_map=True, path=str(path))
 
 
 def cache_path() -> Path:
@@ -126,23 +127,7 @@ def execute(path: Path | str, timeout: int = 180) -> Executed:
     try:
         client.execute()
     except CellExecutionError as exc:
-        index = next(
-            (
-                i
-                for i, c in enumerate(nb.cells)
-                if c.cell_type == "code"
-                and any(o.get("output_type") == "error" for o in c.get("outputs", []))
-            ),
-            None,
-        )
-        first_line = (
-            nb.cells[index].source.splitlines()[0] if index is not None and nb.cells[index].source else ""
-        )
-        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-        raise NotebookFailed(
-            f"{name}: cell {index} ({first_line!r}) raised "
-            f"{exc.ename}: {exc.evalue}"
-        ) from None
+        raise NotebookFailed(failure_report(path, nb, str(exc)).strip()) from None
     return Executed(path=path, seconds=time.perf_counter() - start, notebook=nb)
 
 

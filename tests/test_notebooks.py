@@ -73,21 +73,25 @@ run.report()
 )
 
 
-def test_failing_cell_fails_the_build_naming_notebook_cell_and_exception(tmp_path):
+def test_failing_cell_fails_the_build_naming_notebook_cell_line_and_exception(tmp_path):
     src = tmp_path / "docs"
     src.mkdir()
     (src / "index.md").write_text("# Index\n\n```{toctree}\nbroken\n```\n", encoding="utf-8")
     (src / "broken.md").write_text(BROKEN, encoding="utf-8")
-    # -j 2: a parallel build, as the site's (-j auto), where a worker's own log is lost when it raises
+    line = BROKEN.splitlines().index('raise ValueError("deliberately broken cell")') + 1  # 1-based
+    # -j 2: a parallel build, as the site's (-j auto)
     cmd = [sys.executable, "-m", "sphinx", "-j", "2", "-W", "-n", "--keep-going", "-q", "-c", str(ROOT)]
     cmd += ["-b", "html", str(src), str(tmp_path / "html")]
     env = {**os.environ, "NB_EXECUTION_CACHE_PATH": str(tmp_path / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # drop the traceback's colours
     assert proc.returncode != 0, log
-    assert "broken.md" in log  # the notebook
-    assert 'raise ValueError("deliberately broken cell")' in log  # the cell
+    assert f"broken.md: code cell 2, line {line}" in log  # the notebook, the cell and its .md line
+    assert 'raise ValueError("deliberately broken cell")' in log  # the cell's source in the traceback
     assert "ValueError: deliberately broken cell" in log  # the exception
+    assert "parallel build error" not in log.lower()  # no Sphinx crash boilerplate
+    reports = list((tmp_path / "html" / ".doctrees" / "notebook-failures").glob("*.txt"))
+    assert len(reports) == 1 and "code cell 2" in reports[0].read_text()  # what `nox -s docs` prints last
 
 
 def test_notebook_runner_names_the_failing_cell(tmp_path):
@@ -95,7 +99,8 @@ def test_notebook_runner_names_the_failing_cell(tmp_path):
     path.write_text(BROKEN, encoding="utf-8")
     from notebook_runner import NotebookFailed
 
-    expected = r"broken\.md: cell 2 \(.raise ValueError.*ValueError: deliberately broken cell"
+    line = BROKEN.splitlines().index('raise ValueError("deliberately broken cell")') + 1
+    expected = rf"broken\.md: code cell 2, line {line}\n(.|\n)*ValueError: deliberately broken cell"
     with pytest.raises(NotebookFailed, match=expected):
         execute(path, timeout=60)
 

@@ -336,6 +336,12 @@ def _builder_inited(app) -> None:
             runs[run.notebook.relative_to(root).with_suffix("").as_posix()] = run
     app.env.site_gpu_runs = runs
     app.env.site_root = root
+    failures = Path(app.doctreedir) / FAILURES
+    if failures.exists():
+        import shutil
+
+        shutil.rmtree(failures)
+    _FAILURE_DIR[:] = [failures]
     if app.config.nb_execution_mode == "cache":
         # create jupyter-cache's database here, once: parallel readers would race to create it
         from jupyter_cache import get_cache
@@ -468,15 +474,37 @@ def _sync_generated(nb_path: Path, store: Path, executed: bool) -> None:
                 shutil.copy2(src, dst)
 
 
-def _patch_notebook_client() -> None:
-    """Key the execution cache on a notebook's inputs, keep its ``_generated`` files, explain failures.
+FAILURES = "notebook-failures"  # in the doctree dir: one report per notebook that failed this build
 
-    Failures: myst-nb logs them as a warning and raises ``ExecutionError(<notebook path>)``; in a parallel
-    build (``-j auto``) a worker's log is lost when it raises, so without this the console would
-    name only the notebook.
+
+def failure_report(path: Path, notebook, traceback: str, root: Path = ROOT) -> str:
+    """Notebook path, code cell number and its line in the .md source, then the traceback."""
+    code = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+    errored = [
+        i for i in code if any(o.get("output_type") == "error" for o in notebook.cells[i].get("outputs", []))
+    ]
+    failing = errored[0] if errored else None
+    path = Path(path)
+    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    if failing is None:
+        where = f"{shown}: a cell failed"
+    else:
+        source_map = notebook.metadata.get("source_map") or []
+        line = source_map[failing] + 1 if failing < len(source_map) else None
+        where = f"{shown}: code cell {code.index(failing) + 1}" + (f", line {line}" if line else "")
+    traceback = _ANSI.sub("", traceback or "")
+    cell_error = traceback.find("An error occurred while executing the following cell")
+    return f"{where}\n{traceback[cell_error if cell_error >= 0 else 0:].strip()}\n"
+
+
+def _patch_notebook_client() -> None:
+    """Key the execution cache on a notebook's inputs, keep its ``_generated`` files, report failures.
+
+    A failing notebook (``nb_execution_raise_on_error = False`` in conf.py, so every notebook runs)
+    is reported as a warning at its failing cell's line in the .md source, with the traceback, and
+    written to ``<doctree dir>/notebook-failures/`` for ``nox -s docs`` to print last.
     """
     from myst_nb.core.execute import cache
-    from myst_nb.core.execute.base import ExecutionError
 
     original = cache.NotebookClientCache.start_client
     if getattr(original, "_site_extras", False):
@@ -494,18 +522,15 @@ def _patch_notebook_client() -> None:
             cached = True
         except KeyError:
             cached = False
-        try:
-            original(self)
-        except ExecutionError as exc:
-            if exc.__cause__ is None:
-                raise
-            detail = _ANSI.sub("", str(exc.__cause__)).strip()
-            if len(detail) > 4000:
-                detail = detail[:1500] + "\n[...]\n" + detail[-2500:]
-            raise ExecutionError(f"notebook {exc} failed:\n{detail}") from exc.__cause__
-        if self.path is not None:
-            store = _generated_store(cache_path, _cache_key(self.notebook, inputs))
-            _sync_generated(Path(self.path), store, executed=not cached)
+        original(self)
+        if self.path is None:
+            return
+        if not self.exec_metadata.get("succeeded", True):
+            report = failure_report(Path(self.path), self.notebook, self.exec_metadata.get("traceback"))
+            _record_failure(report)
+            return
+        store = _generated_store(cache_path, _cache_key(self.notebook, inputs))
+        _sync_generated(Path(self.path), store, executed=not cached)
 
     start_client._site_extras = True
     cache.NotebookClientCache.start_client = start_client
@@ -531,6 +556,22 @@ def _spread_notebooks(app, env, docnames: list[str]) -> None:
             order.append(light.pop(0))
         order.append(doc)
     docnames[:] = order + light
+
+
+_FAILURE_DIR: list[Path] = []  # set at builder-inited (inherited by parallel readers)
+
+
+def _record_failure(report: str) -> None:
+    from sphinx.util import logging as sphinx_logging
+
+    first, _, traceback = report.partition("\n")
+    sphinx_logging.getLogger(__name__).warning(
+        f"notebook failed: {first}\n{traceback}", type="site", subtype="notebook"
+    )
+    if _FAILURE_DIR:
+        name = hashlib.sha256(first.encode()).hexdigest()[:12] + ".txt"
+        _FAILURE_DIR[0].mkdir(parents=True, exist_ok=True)
+        (_FAILURE_DIR[0] / name).write_text(report, encoding="utf-8")
 
 
 def _mark_if_warned(app, exception) -> None:
