@@ -173,6 +173,8 @@ def notebooks_gpu(session: nox.Session) -> None:
     sha256 of the notebook source). Install the CUDA build of the pinned torch first, e.g.
     ``nox -s notebooks-gpu -- --torch-index https://download.pytorch.org/whl/cu128``.
     """
+    if shutil.which("nvidia-smi") is None:
+        session.error("notebooks-gpu needs a CUDA machine: nvidia-smi is not on PATH")
     args = list(session.posargs)
     if "--torch-index" in args:
         i = args.index("--torch-index")

@@ -287,7 +287,8 @@ def main() -> int:
         start = time.perf_counter()
         failures = run_all(paths, args.timeout, env, args.jobs)
         seconds = time.perf_counter() - start
-        print(f"{len(paths) - len(failures)} passed, {len(failures)} failed in {seconds:.0f} s")
+        print(f"Robustness run took {seconds:.0f} s.")
+        print(f"{len(paths) - len(failures)} passed, {len(failures)} failed")
         return 1 if failures else 0
     for path in (notebooks() if args.all else []) + list(args.notebooks):
         try:
