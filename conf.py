@@ -103,3 +103,32 @@ intersphinx_mapping = {
 }
 intersphinx_cache_limit = -1  # never expire the (local) inventories
 intersphinx_timeout = 5
+
+# -- Link check ------------------------------------------------------------------
+# Only `nox -s linkcheck` reads these (it needs the network and is not part of CI).
+# Most external links go to arxiv.org, which answers bursts of requests with 429 Too Many Requests:
+# fewer workers, retries, a longer timeout, and waiting out Retry-After for up to three minutes.
+linkcheck_workers = 2
+linkcheck_retries = 3
+linkcheck_timeout = 30
+linkcheck_rate_limit_timeout = 180.0
+linkcheck_report_timeouts_as_broken = False
+# Local servers the pages tell the reader to start (python3 -m http.server ...) are not on the web.
+linkcheck_ignore = [r"^https?://(localhost|127\.0\.0\.1)(:\d+)?(/.*)?$"]
+# GitHub draws line anchors (#L123, #L10-L20) and README heading anchors with JavaScript, so they are
+# not in the HTML linkcheck fetches: check that the file exists, not the anchor. Line anchors and
+# arxiv PDF page anchors (#page=3) are skipped everywhere else too.
+linkcheck_anchors_ignore_for_url = [r"^https://github\.com/"]
+linkcheck_anchors_ignore = [r"^!", r"^L\d+(C\d+)?(-L\d+(C\d+)?)?$", r"^page=\d+$"]
+# Redirects that are expected, so they count as working; any other redirect is reported as a warning
+# (update the link to where it now points).
+linkcheck_allowed_redirects = {
+    # arxiv: http -> https, and /abs/<id> or /pdf/<id> -> the latest version (<id>vN)
+    r"https?://(www\.)?arxiv\.org/(abs|pdf)/.*": r"https://arxiv\.org/(abs|pdf)/.*",
+    # PyTorch's documentation moved to docs.pytorch.org
+    r"https?://(www\.)?pytorch\.org/docs/.*": r"https://docs\.pytorch\.org/docs/.*",
+    # a renamed GitHub repository or organisation, or a branch name resolved to a commit
+    r"https://github\.com/.*": r"https://github\.com/.*",
+    # a DOI resolves to its publisher's page
+    r"https://doi\.org/.*": r".*",
+}
