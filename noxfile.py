@@ -112,9 +112,10 @@ def robustness(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff on Python and on notebooks' code cells, codespell on prose: installs only the linters."""
-    session.install("-c", str(LOCK), "ruff", "codespell", "pytest")
-    session.run("pytest", "-p", "no:cacheprovider", "tests/test_lint.py", *session.posargs)
+    """ruff on code and notebook cells, codespell on prose, schemas of the GitHub files: only the linters."""
+    session.install("-c", str(LOCK), "ruff", "codespell", "check-jsonschema", "pyyaml", "pytest")
+    tests = ["tests/test_lint.py", "tests/test_project_files.py"]
+    session.run("pytest", "-p", "no:cacheprovider", *tests, *session.posargs)
 
 
 @nox.session

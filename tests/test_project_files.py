@@ -1,6 +1,8 @@
 """The files a contributor expects next to the code: GitHub workflows, templates, license, pre-commit.
 
-actionlint checks every workflow (the ``lint`` extra installs it); the rest checks what the workflows
+check-jsonschema validates every workflow and issue form against GitHub's published schemas (the
+``lint`` extra installs it; the schemas ship inside it, so no network is needed); the rest checks
+what the workflows
 must do: pull requests run lint, tests and robustness on hosted CPU runners, and the GPU workflow only
 refreshes stored outputs, on request, through a reviewed pull request.
 """
@@ -64,44 +66,45 @@ def runs_nox(commands: str, session: str) -> bool:
     return re.search(rf"\bnox\b(\s+-\S+)*\s+-s\s+{re.escape(session)}(\s|$)", commands) is not None
 
 
-def actionlint() -> str:
-    """actionlint from the ``lint`` extra: next to this Python (a venv), else on PATH."""
-    for name in ("actionlint", "actionlint.exe"):
-        local = Path(sys.executable).parent / name
-        if local.exists():
-            return str(local)
-    found = shutil.which("actionlint")
+def check_jsonschema() -> str:
+    """check-jsonschema from the ``lint`` extra: next to this Python (a venv), else on PATH."""
+    local = Path(sys.executable).parent / "check-jsonschema"
+    found = str(local) if local.exists() else shutil.which("check-jsonschema")
     if found is None:
         pytest.fail(
-            "actionlint is not installed: install the 'lint' extra "
-            "(pip install -c constraints.txt -e '.[lint]'; nox -s tests does), which ships its binary"
+            "check-jsonschema is not installed: install the 'lint' extra "
+            "(pip install -c constraints.txt -e '.[lint]'; nox -s tests and nox -s lint do)"
         )
     return found
+
+
+def validate(schema: str, *files: Path) -> subprocess.CompletedProcess:
+    cmd = [check_jsonschema(), "--builtin-schema", schema, *map(str, files)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
 
 
 # -- the workflows ------------------------------------------------------------------------------
 
 
-def test_actionlint_passes_on_every_workflow():
-    files = sorted(WORKFLOWS.glob("*.yml")) + sorted(WORKFLOWS.glob("*.yaml"))
-    assert files, f"no workflow in {WORKFLOWS}"
-    # shellcheck and pyflakes are optional to actionlint: turned off so the result does not depend on
-    # what else the machine has installed.
-    cmd = [actionlint(), "-no-color", "-oneline", "-shellcheck=", "-pyflakes="]
-    cmd += [str(f.relative_to(ROOT)) for f in files]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+def test_every_workflow_and_issue_form_is_valid():
+    workflows = sorted(WORKFLOWS.glob("*.yml")) + sorted(WORKFLOWS.glob("*.yaml"))
+    assert workflows, f"no workflow in {WORKFLOWS}"
+    proc = validate("vendor.github-workflows", *workflows)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    forms = [f for f in sorted((GITHUB / "ISSUE_TEMPLATE").glob("*.yml")) if f.name != "config.yml"]
+    assert forms
+    proc = validate("vendor.github-issue-forms", *forms)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_actionlint_catches_a_broken_workflow(tmp_path):
+def test_the_schema_check_catches_a_broken_workflow(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text(
-        "on: pull_request\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
-        "      - run: echo ${{ github.event.pull_request.nope }}\n      - uses: actions/checkout\n",
+        "on: pull_request\njobs:\n  a:\n    runs-on: ubuntu-latest\n    stepz:\n      - run: echo hi\n",
         encoding="utf-8",
     )
-    proc = subprocess.run([actionlint(), "-no-color", "-oneline", str(bad)], capture_output=True, text=True)
-    assert proc.returncode == 1 and "bad.yml" in proc.stdout, proc.stdout + proc.stderr
+    proc = validate("vendor.github-workflows", bad)
+    assert proc.returncode == 1 and "stepz" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_ci_runs_lint_tests_and_robustness_on_every_pull_request():
