@@ -24,3 +24,12 @@ def test_manifest_records_seed_versions_and_git_commit(tmp_path):
 def test_manifest_rejects_non_dict_config():
     with pytest.raises(TypeError, match="config must be a dict"):
         run_manifest([1, 2], seed=0)
+
+
+def test_manifest_records_the_cpu_code_path_and_isa_variables(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    m = run_manifest({}, seed=0)
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m["env"]["ATEN_CPU_CAPABILITY"] == "avx2"

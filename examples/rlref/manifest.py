@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 
 DEFAULT_PACKAGES = ("torch", "numpy", "scipy", "matplotlib")
+# environment variables that change which kernels run (and so the bits of a result)
+ENV_KEYS = ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+            "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")
 
 
 def _git(cwd: Path, *args: str) -> str | None:
@@ -63,10 +66,11 @@ def run_manifest(config: dict, seed: int, packages=DEFAULT_PACKAGES, repo: Path 
         "packages": versions,
         "platform": platform.platform(),
         "cpu": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD code path kernels dispatch to
         "torch_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "cuda_version": torch.version.cuda if cuda else None,
         "cudnn_version": torch.backends.cudnn.version() if cuda else None,
-        "env": {k: os.environ[k] for k in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED") if k in os.environ},
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
     }
