@@ -8,6 +8,7 @@ the relative symlink ``docs/examples -> ../examples``.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ extensions = [
     "sphinx_design",  # grid cards, badges, tabs
     "sphinx_copybutton",  # copy buttons on code cells
     "sphinx.ext.intersphinx",  # links to the Python and PyTorch API docs
+    "sphinxcontrib.katex",  # math as HTML made at build time (KaTeX under node), no math JavaScript
     "site_extras",  # meta descriptions, tag pages, stored GPU outputs (docs/_ext/site_extras.py)
 ]
 
@@ -41,8 +43,29 @@ myst_enable_extensions = [
 ]
 myst_dmath_double_inline = True
 myst_heading_anchors = 3
-# MathJax is served from docs/_static/mathjax (vendored from npm), so math renders offline.
-mathjax_path = "mathjax/tex-svg-full.js"
+# -- Math: KaTeX, prerendered to HTML at build time ----------------------------------
+# sphinxcontrib-katex runs its bundled KaTeX (katex.min.js, 0.16.22) under node while the site is built,
+# so pages carry finished HTML and no math JavaScript. The stylesheet and its woff2 fonts are served
+# from docs/_static/katex (vendored from npm katex@0.16.22, the same version; README there), so no
+# page asks another host for anything.
+# Without node, math is typeset in the reader's browser by the same KaTeX served from this build
+# (slower pages, same result). KATEX_PRERENDER=1 makes node compulsory (a build that publishes the
+# site should set it); KATEX_PRERENDER=0 forces the browser path.
+html_math_renderer = "katex"
+katex_css_path = "katex/katex.min.css"
+_node = shutil.which("node")
+katex_prerender = {"1": True, "0": False}.get(os.environ.get("KATEX_PRERENDER", ""), _node is not None)
+if katex_prerender and _node is None:
+    raise RuntimeError(
+        "KATEX_PRERENDER=1 but `node` is not on PATH: install Node.js (apt-get install nodejs) "
+        "or unset KATEX_PRERENDER to typeset math in the browser instead"
+    )
+if not katex_prerender:
+    print("conf.py: math is typeset in the browser (node not found or KATEX_PRERENDER=0)", file=sys.stderr)
+    # sphinxcontrib-katex copies its own katex.min.js; it ships no auto-render, which comes from
+    # _static/katex (added in setup() below, after katex.min.js). Naming katex.min.js here again only
+    # satisfies the extension's check that an auto-render path is set.
+    katex_autorender_path = "katex.min.js"
 math_numfig = False  # equations numbered per page; {eq} still links across pages
 numfig = True
 
@@ -87,12 +110,26 @@ html_theme_options = {
     "use_source_button": True,
     "show_toc_level": 2,
 }
+# Launch links need a provider: Binder clones the repository and opens the MyST notebook in
+# JupyterLab. Configuring one also makes the theme offer the executed notebook (myst-nb writes it to
+# jupyter_execute/) as a ".ipynb" download next to the ".md" source.
+html_theme_options["launch_buttons"] = {"binderhub_url": "https://mybinder.org", "notebook_interface": "jupyterlab"}
+html_favicon = "docs/_static/favicon.svg"
+templates_path = ["docs/_templates"]  # layout.html: search scripts only on the search page, no fontawesome.js
+html_css_files = ["site.css"]  # wrapping inline code, tables that scroll, badge and tag colours
 html_last_updated_fmt = ""
 html_context = {"default_mode": "auto"}  # light/dark follows the reader's system (no console error)
 
 # Copy code, not prompts or outputs.
 copybutton_exclude = ".linenos, .gp, .go"
 copybutton_selector = "div:not(.output) > div.highlight pre"
+
+
+
+def setup(app):
+    if not katex_prerender:
+        app.add_js_file("katex/auto-render.min.js", priority=501)  # after katex.min.js (priority 500)
+
 
 # -- Intersphinx -------------------------------------------------------------------
 # Inventories ship with the repository (docs/_inventories/README.md says where each comes from),

@@ -445,6 +445,59 @@ def _html_page_context(app, pagename, templatename, context, doctree) -> None:
         context["metatags"] = context.get("metatags", "") + tag
 
 
+# -- A description for every page -----------------------------------------------------
+DESCRIPTION_CHARS = 160  # search engines show about this much
+
+
+def fallback_description(doctree, title: str = "", pagename: str = "", limit: int = DESCRIPTION_CHARS) -> str:
+    """A page's description when its front matter gives none: its first paragraph of prose.
+
+    Paragraphs shorter than 40 characters, the tags line and text in admonitions or tables are
+    skipped; a tag page lists the titles it links to. Cut at a word, with an ellipsis, to ``limit``.
+    """
+    from docutils import nodes
+
+    def words(text: str) -> str:
+        return " ".join(text.split())
+
+    if pagename.startswith(f"{TAGS_DIR}/"):
+        items = [words(i.astext()) for i in doctree.findall(nodes.list_item)]
+        text = f"{title} \u2014 pages: {', '.join(items)}." if items else ""
+    else:
+        text = ""
+        for para in doctree.findall(nodes.paragraph):
+            if any(isinstance(a, (nodes.Admonition, nodes.table, nodes.footer)) for a in _ancestors(para)):
+                continue
+            candidate = words(para.astext())
+            if len(candidate) >= 40 and not candidate.startswith("Tags:"):
+                text = candidate
+                break
+        text = text or (f"{title}." if title else "")
+    if len(text) > limit:
+        text = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + "\u2026"
+    return text
+
+
+def _ancestors(node):
+    while node.parent is not None:
+        node = node.parent
+        yield node
+
+
+def _fallback_meta_description(app, pagename, templatename, context, doctree) -> None:
+    """Runs after ``_html_page_context``: pages without a description get ``fallback_description``."""
+    if 'name="description"' in context.get("metatags", ""):
+        return
+    title = html.unescape(re.sub(r"<[^>]+>", "", context.get("title") or ""))
+    if doctree is None:  # generated pages: search, general index
+        description = f"{title} \u00b7 {app.config.project}" if title else app.config.project
+    else:
+        description = fallback_description(doctree, title, pagename)
+    if description:
+        tag = f'<meta name="description" content="{html.escape(description, quote=True)}" />\n'
+        context["metatags"] = context.get("metatags", "") + tag
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -597,6 +650,7 @@ def setup(app):
     app.connect("source-read", _source_read)
     app.connect("env-before-read-docs", _spread_notebooks)
     app.connect("html-page-context", _html_page_context)
+    app.connect("html-page-context", _fallback_meta_description, priority=600)  # after the front matter's
     app.connect("env-get-outdated", _reread_after_warnings)
     app.connect("build-finished", _mark_if_warned)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
