@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -122,12 +123,12 @@ def test_notebook_page_renders_math_and_copy_buttons_offline(server, visit):
     base, html = server
     # the GRPO notebook, or else the first notebook page with math on it
     pages = [html / MATH_NOTEBOOK] + sorted((html / "examples").rglob("*.html"))
-    with_math = [p for p in pages if p.exists() and "tex-svg-full.js" in p.read_text(encoding="utf-8")]
+    with_math = [p for p in pages if p.exists() and 'class="math' in p.read_text(encoding="utf-8")]
     assert with_math, "no notebook page with math was built"
     page = with_math[0].relative_to(html).as_posix()
     visit.page.goto(f"{base}/{page}", wait_until="networkidle")
-    visit.page.wait_for_selector("mjx-container svg", timeout=30_000)  # MathJax typeset from _static/
-    assert visit.page.locator("mjx-container svg").count() > 0
+    visit.page.wait_for_selector(".math .katex", timeout=30_000)  # KaTeX: prerendered, or typeset from _static/
+    assert visit.page.locator(".math .katex").count() > 0
     assert visit.page.locator("button.copybtn").count() > 0
     assert visit.page.locator("div.cell_output").count() > 0  # executed outputs are on the page
     visit.check_stayed_local()
@@ -141,3 +142,209 @@ def test_search_finds_the_grpo_page_for_dual_clip(server, visit):
     hrefs = visit.page.eval_on_selector_all("#search-results ul.search li a", "els => els.map(e => e.href)")
     assert any(urlparse(h).path.endswith("/" + GRPO_PAGE) for h in hrefs), hrefs
     visit.check_stayed_local()
+
+
+# -- Reader experience (issue 14) ---------------------------------------------------------------
+# Math: every expression the build marks (span.math, div.math) holds KaTeX output once the page has
+# loaded, and no TeX is left as visible text. Layout: at 390 px no page is wider than the screen.
+# Landing page: first cards on the first desktop screen, no section twice, badges told apart by colour.
+# Notebooks: an executed .ipynb download (outputs included) and a launch link on every notebook page.
+RAW_TEX = re.compile(r"\\(frac|begin\{|end\{|sum_|mathbb|left[(\[|]|right[)\]|])|\$\$|\\\(|\\\[")
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+NOT_PAGES = ("_static/", "_sources/", "_images/", "_generated/")
+
+
+def site_pages(html: Path) -> list[str]:
+    """Every HTML page of the built site, relative to its root."""
+    pages = [p.relative_to(html).as_posix() for p in sorted(html.rglob("*.html"))]
+    return [p for p in pages if not any(part in p for part in NOT_PAGES)]
+
+
+def notebook_pages(html: Path) -> list[str]:
+    """Pages built from executable notebooks (myst-nb marks their code cells ``cell docutils``)."""
+    return [p for p in site_pages(html) if 'class="cell docutils container"' in (html / p).read_text("utf-8")]
+
+
+def contrast(fg: str, bg: str) -> float:
+    """WCAG contrast ratio of two ``rgb(...)``/``rgba(...)`` colours (alpha ignored)."""
+
+    def luminance(color: str) -> float:
+        r, g, b = (int(float(v)) / 255 for v in re.findall(r"[\d.]+", color)[:3])
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.fixture
+def phone(browser):
+    v = Visit(browser)
+    v.page.set_viewport_size(PHONE)
+    yield v
+    v.close()
+
+
+def test_every_math_expression_renders(server, visit):
+    base, html = server
+    pages = [p for p in site_pages(html) if 'class="math' in (html / p).read_text("utf-8")]
+    assert pages, "no page with math was built"
+    total = 0
+    for page in pages:
+        visit.page.goto(f"{base}/{page}", wait_until="load")
+        counts = visit.page.evaluate(
+            """() => {
+                const math = [...document.querySelectorAll('span.math, div.math')];
+                const unrendered = math.filter(m => !m.querySelector('.katex')).map(m => m.textContent.slice(0, 80));
+                const errors = [...document.querySelectorAll('.katex-error')].map(e => e.textContent.slice(0, 80));
+                const body = document.querySelector('article').cloneNode(true);
+                body.querySelectorAll('.katex, pre, code, script, style, .highlight').forEach(e => e.remove());
+                return {n: math.length, unrendered, errors, text: body.textContent};
+            }"""
+        )
+        assert counts["n"] > 0, f"{page}: no math element"
+        assert not counts["unrendered"], f"{page}: math not rendered: {counts['unrendered'][:3]}"
+        assert not counts["errors"], f"{page}: KaTeX errors: {counts['errors'][:3]}"
+        raw = RAW_TEX.search(counts["text"])
+        assert raw is None, f"{page}: raw TeX left in the text: {counts['text'][max(0, raw.start() - 40):raw.end() + 40]!r}"
+        total += counts["n"]
+    assert total >= 100, f"only {total} math expressions on {len(pages)} pages"
+    visit.check_stayed_local()
+
+
+def test_no_page_is_wider_than_a_phone(server, phone):
+    base, html = server
+    wide = []
+    for page in site_pages(html):
+        phone.page.goto(f"{base}/{page}", wait_until="load")
+        width = phone.page.evaluate(
+            "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+        )
+        if width > PHONE["width"] + 1:
+            culprit = phone.page.evaluate(
+                """(w) => { for (const e of document.querySelectorAll('.bd-article *')) {
+                        const r = e.getBoundingClientRect();
+                        if (r.right > w + 1 && e.offsetParent) return e.outerHTML.slice(0, 120); }
+                    return ''; }""",
+                PHONE["width"],
+            )
+            wide.append(f"{page}: {width} px ({culprit})")
+    assert not wide, f"{len(wide)} page(s) wider than {PHONE['width']} px:\n" + "\n".join(wide)
+    phone.check_stayed_local()
+
+
+def test_landing_page_leads_with_cards(server, visit):
+    base, _ = server
+    visit.page.set_viewport_size(DESKTOP)
+    visit.page.goto(f"{base}/index.html", wait_until="networkidle")
+    first = visit.page.locator(".sd-card").first.bounding_box()
+    assert first and first["y"] < DESKTOP["height"], f"first card at y={first} is below the first screen"
+    headings = visit.page.eval_on_selector_all(
+        "article h2, article h3", "els => els.map(e => e.textContent.replace('#', '').trim())"
+    )
+    assert len(headings) == len(set(headings)), f"a section appears twice: {headings}"
+    toc = visit.page.eval_on_selector_all(
+        ".bd-toc-nav a", "els => els.map(e => e.textContent.trim())"
+    )
+    assert len(toc) == len(set(toc)), f"the page contents list a section twice: {toc}"
+    # each category's description sits directly above its own grid
+    layout = visit.page.evaluate(
+        """() => [...document.querySelectorAll('article section > h2')].map(h => {
+                const next = h.nextElementSibling, grid = next && next.nextElementSibling;
+                return [h.textContent, next && next.tagName, grid && grid.className];
+            })"""
+    )
+    assert len(layout) == 4, layout
+    for title, after, grid in layout:
+        assert after == "P" and grid and "sd-container" in grid, f"{title}: {after} then {grid}"
+    # badges that differ in meaning differ in colour; every badge's text is readable
+    badges = visit.page.eval_on_selector_all(
+        ".sd-card .sd-badge",
+        """els => els.map(e => { const s = getComputedStyle(e);
+            return [e.textContent.trim(), s.backgroundColor, s.color, s.borderColor]; })""",
+    )
+    look = {}
+    for text, background, color, border in badges:
+        look.setdefault(text, set()).add((background, color, border))
+    assert all(len(v) == 1 for v in look.values()), f"one badge label, several looks: {look}"
+    looks = [next(iter(v)) for v in look.values()]
+    assert len(set(looks)) == len(looks), f"badges with different labels look alike: {look}"
+    for text, background, color, _ in badges:
+        if "rgba(0, 0, 0, 0)" not in background:
+            assert contrast(color, background) >= 4.5, f"badge {text}: {color} on {background}"
+    visit.check_stayed_local()
+
+
+def test_tag_pills_have_readable_contrast(server, visit):
+    base, html = server
+    visit.page.goto(f"{base}/{GRPO_PAGE}", wait_until="networkidle")
+    pills = visit.page.eval_on_selector_all(
+        "article .sd-badge",
+        "els => els.map(e => { const s = getComputedStyle(e); return [e.textContent, s.color, s.backgroundColor]; })",
+    )
+    assert pills, "no tag pills on the GRPO page"
+    low = [(t, round(contrast(c, b), 2)) for t, c, b in pills if contrast(c, b) < 4.5]
+    assert not low, f"tag pills below 4.5:1: {low}"
+    visit.check_stayed_local()
+
+
+def test_every_page_has_a_description_and_a_favicon(server):
+    _, html = server
+    missing = []
+    for page in site_pages(html):
+        text = (html / page).read_text("utf-8")
+        if not re.search(r'<meta name="description" content="[^"]{20,}"', text) and page not in {
+            "search.html", "genindex.html"
+        }:
+            missing.append(f"{page}: no description")
+        if 'rel="icon"' not in text:
+            missing.append(f"{page}: no favicon")
+    assert not missing, "\n".join(missing)
+
+
+def test_notebooks_download_as_executed_ipynb_and_launch_elsewhere(server, visit, tmp_path):
+    import nbformat
+
+    base, html = server
+    pages = notebook_pages(html)
+    assert pages, "no notebook page was built"
+    for page in pages:
+        text = (html / page).read_text("utf-8")
+        ipynb = re.search(r'href="([^"]+\.ipynb)"', text)
+        assert ipynb, f"{page}: no .ipynb download"
+        assert (html / page).parent.joinpath(ipynb.group(1)).resolve().is_file(), f"{page}: {ipynb.group(1)} missing"
+        assert re.search(r'href="https://(mybinder\.org|colab\.research\.google\.com)/', text), f"{page}: no launch link"
+    # download one through the page's menu, as a reader would
+    page = MATH_NOTEBOOK if MATH_NOTEBOOK in pages else pages[0]
+    visit.page.goto(f"{base}/{page}", wait_until="networkidle")
+    link = visit.page.locator('a[href$=".ipynb"]').first
+    response = visit.page.request.get(link.evaluate("a => a.href"))
+    assert response.ok, response.status
+    notebook = nbformat.reads(response.text(), as_version=4)
+    nbformat.validate(notebook)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code and sum(bool(c.outputs) for c in code) >= len(code) // 2, "the download holds no outputs"
+    visit.check_stayed_local()
+
+
+def test_search_snippets_show_the_matching_text(server, visit):
+    base, _ = server
+    visit.page.goto(f"{base}/search.html?q=dual+clip", wait_until="networkidle")
+    visit.page.wait_for_selector("#search-results ul.search li p.context", timeout=30_000)
+    snippets = visit.page.eval_on_selector_all(
+        "#search-results ul.search li p.context", "els => els.map(e => e.textContent)"
+    )
+    assert not any("Light Dark" in s for s in snippets), snippets[:3]
+    assert sum("clip" in s.lower() for s in snippets) >= len(snippets) // 2, snippets[:3]
+    visit.check_stayed_local()
+
+
+def test_search_scripts_load_only_on_the_search_page(server):
+    _, html = server
+    for page in site_pages(html):
+        if page == "search.html":
+            continue
+        text = (html / page).read_text("utf-8")
+        for script in ("searchindex.js", "searchtools.js", "fontawesome.js"):
+            assert script not in text, f"{page} loads {script}"
