@@ -233,3 +233,99 @@ def benchmark_build(session: nox.Session) -> None:
     session.log(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
     for label, seconds in figures.items():
         session.log(f"{seconds:7.1f} s  {label}")
+
+
+LIGHTHOUSE = "12.8.2"  # npm; 13.x wants Node 22
+LIGHTHOUSE_FLAGS = (
+    "--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update "
+    "--disable-sync --no-first-run"
+)
+
+
+@nox.session(python=False)
+def lighthouse(session: nox.Session) -> None:
+    """Lighthouse (npm, pinned) on grpo-theory, the heaviest notebook page and the landing page.
+
+    Measures a built site (default _build/html: run ``nox -s docs`` first; or ``-- path/to/html``)
+    behind a local server that gzips text as a web host would, mobile and desktop presets, with
+    Debian's Chromium (/usr/bin/chromium, or $CHROME_PATH). Needs node and npm. Prints performance,
+    total blocking time, transferred bytes, accessibility, best practices and SEO; the reports stay
+    in _build/lighthouse/. Targets (issue 14): mobile performance >= 90, TBT <= 300 ms, <= 1.0 MB;
+    desktop performance >= 98; accessibility, best practices and SEO 100.
+    """
+    import datetime
+    import functools
+    import gzip
+    import http.server
+    import io
+    import json
+    import threading
+
+    html = Path(session.posargs[0]).resolve() if session.posargs else HTML
+    if not (html / "index.html").exists():
+        session.error(f"no built site in {html}: run `nox -s docs` first (or pass the html folder)")
+    chrome = os.environ.get("CHROME_PATH", "/usr/bin/chromium")
+    if not Path(chrome).exists() or shutil.which("npm") is None:
+        session.error(f"lighthouse needs npm and Chromium at {chrome} (apt-get install nodejs npm chromium)")
+    tool = BUILD / "lighthouse" / "tool"
+    cli = tool / "node_modules" / "lighthouse" / "cli" / "index.js"
+    if not cli.exists() or json.loads((cli.parents[1] / "package.json").read_text())["version"] != LIGHTHOUSE:
+        tool.mkdir(parents=True, exist_ok=True)
+        session.run("npm", "install", "--prefix", str(tool), "--no-save", "--no-audit", "--no-fund",
+                    "-E", f"lighthouse@{LIGHTHOUSE}", external=True)
+
+    def weight(page: Path) -> int:  # the page's HTML plus the images it shows
+        text = page.read_text(encoding="utf-8")
+        images = {(page.parent / src).resolve() for src in re.findall(r'<img[^>]+src="([^"]+)"', text)}
+        return len(text.encode()) + sum(i.stat().st_size for i in images if i.is_file())
+
+    notebooks = [p for p in (html / "examples").rglob("*.html") if 'class="cell docutils container"' in
+                 p.read_text(encoding="utf-8")]
+    heaviest = max(notebooks, key=weight).relative_to(html).as_posix() if notebooks else None
+    pages = [p for p in ("theory/grpo-theory.html", heaviest, "index.html") if p]
+
+    class Gzip(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):
+            path = Path(self.translate_path(self.path))
+            compressible = path.suffix in {".html", ".css", ".js", ".svg", ".json", ".ipynb", ".txt", ".map"}
+            if not (path.is_file() and compressible and "gzip" in self.headers.get("Accept-Encoding", "")):
+                return super().send_head()
+            body = gzip.compress(path.read_bytes(), 6)
+            self.send_response(200)
+            self.send_header("Content-Type", self.guess_type(str(path)))
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return io.BytesIO(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Gzip, directory=str(html)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    out = BUILD / "lighthouse"
+    rows = []
+    try:
+        for page in pages:
+            for preset in ("mobile", "desktop"):
+                report = out / f"{page.replace('/', '_').removesuffix('.html')}.{preset}.json"
+                cmd = ["node", str(cli), f"{base}/{page}", "--quiet", "--output=json",
+                       f"--output-path={report}", f"--chrome-flags={LIGHTHOUSE_FLAGS}",
+                       "--only-categories=performance,accessibility,best-practices,seo"]
+                if preset == "desktop":
+                    cmd.append("--preset=desktop")
+                session.run(*cmd, external=True, env={"CHROME_PATH": chrome})
+                data = json.loads(report.read_text(encoding="utf-8"))
+                cat, audits = data["categories"], data["audits"]
+                rows.append((page, preset, *(round(100 * cat[c]["score"]) for c in
+                             ("performance", "accessibility", "best-practices", "seo")),
+                             audits["total-blocking-time"]["numericValue"],
+                             audits["total-byte-weight"]["numericValue"] / 1e6))
+    finally:
+        httpd.shutdown()
+    session.log(f"Lighthouse {LIGHTHOUSE}, {datetime.date.today()}, {platform.platform()}, "
+                f"{os.cpu_count()} cores, gzip server, site {html}")
+    session.log(f"{'page':<42} {'preset':<8} {'perf':>4} {'a11y':>4} {'bp':>4} {'seo':>4} {'TBT ms':>7} {'MB':>6}")
+    for page, preset, perf, a11y, bp, seo, tbt, mb in rows:
+        session.log(f"{page:<42} {preset:<8} {perf:>4} {a11y:>4} {bp:>4} {seo:>4} {tbt:>7.0f} {mb:>6.2f}")
