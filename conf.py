@@ -113,7 +113,10 @@ html_theme_options = {
 # Launch links need a provider: Binder clones the repository and opens the MyST notebook in
 # JupyterLab. Configuring one also makes the theme offer the executed notebook (myst-nb writes it to
 # jupyter_execute/) as a ".ipynb" download next to the ".md" source.
-html_theme_options["launch_buttons"] = {"binderhub_url": "https://mybinder.org", "notebook_interface": "jupyterlab"}
+html_theme_options["launch_buttons"] = {
+    "binderhub_url": "https://mybinder.org",
+    "notebook_interface": "jupyterlab",
+}
 html_favicon = "docs/_static/favicon.svg"
 templates_path = ["docs/_templates"]  # layout.html: search scripts only on the search page, no fontawesome.js
 html_css_files = ["site.css"]  # wrapping inline code, tables that scroll, badge and tag colours

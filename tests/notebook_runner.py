@@ -174,10 +174,15 @@ def robustness_env(offset: int = ROBUSTNESS_SEED_OFFSET) -> tuple[dict[str, str]
     Another block of seeds (``RLREF_SEED_OFFSET``) and another CPU's numerics: the instruction set
     this machine does not use by default (AVX2 on an AVX-512 machine, plain SIMD on an AVX2 one).
     """
+    import tempfile
+
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     env = {"RLREF_SEED_OFFSET": str(offset), "RLREF_SCALE": "small"}
+    # torch.compile's on-disk caches do not key on the instruction set: a graph compiled for this CPU's
+    # default ISA would be reused under the lesser one (seen: wrong results). Give the run its own.
+    env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rlref-robustness-inductor-")
     isa = _LESSER_ISA.get(capability.upper())
     if isa is None:
         return env, f"seeds moved by {offset}; {capability} CPU: no lesser instruction set to force"

@@ -37,6 +37,8 @@ _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _DIRECTIVE_OPTION = re.compile(r"^:[\w-]+:.*$", re.M)
 # 1.18, -0.53, 98.5%, 63 %; not part of a word, a version (2.13.0) or a path:line (x.py:12)
 _NUMBER = re.compile(r"(?<![\w.\-−/])[-−]?(\d+(?:\.\d+)?)(\s?%)?(?![\w]|\.\d)")
+# Conventional levels (a 95% interval) are not measurements, even where an output prints them too.
+CONVENTIONS = {"90%", "95%", "99%"}
 _CODE_LITERAL = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)")
 
 
@@ -120,7 +122,7 @@ def typed_measured_numbers(
             if ("." not in digits and not percent) or _significant_digits(digits) < 2:
                 continue
             typed = Decimal(digits)
-            if typed.normalize() in constants:
+            if typed.normalize() in constants or (percent and f"{digits}%" in CONVENTIONS):
                 continue
             places = len(digits.split(".")[1]) if "." in digits else 0
             hits = sorted(o for o in measured if _rounds_to(o, typed, places, percent))

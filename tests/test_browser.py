@@ -127,7 +127,9 @@ def test_notebook_page_renders_math_and_copy_buttons_offline(server, visit):
     assert with_math, "no notebook page with math was built"
     page = with_math[0].relative_to(html).as_posix()
     visit.page.goto(f"{base}/{page}", wait_until="networkidle")
-    visit.page.wait_for_selector(".math .katex", timeout=30_000)  # KaTeX: prerendered, or typeset from _static/
+    visit.page.wait_for_selector(
+        ".math .katex", timeout=30_000
+    )  # KaTeX: prerendered, or typeset from _static/
     assert visit.page.locator(".math .katex").count() > 0
     assert visit.page.locator("button.copybtn").count() > 0
     assert visit.page.locator("div.cell_output").count() > 0  # executed outputs are on the page
@@ -196,10 +198,13 @@ def test_every_math_expression_renders(server, visit):
         counts = visit.page.evaluate(
             """() => {
                 const math = [...document.querySelectorAll('span.math, div.math')];
-                const unrendered = math.filter(m => !m.querySelector('.katex')).map(m => m.textContent.slice(0, 80));
-                const errors = [...document.querySelectorAll('.katex-error')].map(e => e.textContent.slice(0, 80));
+                const unrendered = math.filter(m => !m.querySelector('.katex'))
+                    .map(m => m.textContent.slice(0, 80));
+                const errors = [...document.querySelectorAll('.katex-error')]
+                    .map(e => e.textContent.slice(0, 80));
                 const body = document.querySelector('article').cloneNode(true);
-                body.querySelectorAll('.katex, pre, code, script, style, .highlight').forEach(e => e.remove());
+                body.querySelectorAll('.katex, pre, code, script, style, .highlight')
+                    .forEach(e => e.remove());
                 return {n: math.length, unrendered, errors, text: body.textContent};
             }"""
         )
@@ -207,7 +212,9 @@ def test_every_math_expression_renders(server, visit):
         assert not counts["unrendered"], f"{page}: math not rendered: {counts['unrendered'][:3]}"
         assert not counts["errors"], f"{page}: KaTeX errors: {counts['errors'][:3]}"
         raw = RAW_TEX.search(counts["text"])
-        assert raw is None, f"{page}: raw TeX left in the text: {counts['text'][max(0, raw.start() - 40):raw.end() + 40]!r}"
+        assert raw is None, (
+            f"{page}: raw TeX left in the text: {counts['text'][max(0, raw.start() - 40) : raw.end() + 40]!r}"
+        )
         total += counts["n"]
     assert total >= 100, f"only {total} math expressions on {len(pages)} pages"
     visit.check_stayed_local()
@@ -244,9 +251,7 @@ def test_landing_page_leads_with_cards(server, visit):
         "article h2, article h3", "els => els.map(e => e.textContent.replace('#', '').trim())"
     )
     assert len(headings) == len(set(headings)), f"a section appears twice: {headings}"
-    toc = visit.page.eval_on_selector_all(
-        ".bd-toc-nav a", "els => els.map(e => e.textContent.trim())"
-    )
+    toc = visit.page.eval_on_selector_all(".bd-toc-nav a", "els => els.map(e => e.textContent.trim())")
     assert len(toc) == len(set(toc)), f"the page contents list a section twice: {toc}"
     # each category's description sits directly above its own grid
     layout = visit.page.evaluate(
@@ -281,7 +286,8 @@ def test_tag_pills_have_readable_contrast(server, visit):
     visit.page.goto(f"{base}/{GRPO_PAGE}", wait_until="networkidle")
     pills = visit.page.eval_on_selector_all(
         "article .sd-badge",
-        "els => els.map(e => { const s = getComputedStyle(e); return [e.textContent, s.color, s.backgroundColor]; })",
+        "els => els.map(e => { const s = getComputedStyle(e); "
+        "return [e.textContent, s.color, s.backgroundColor]; })",
     )
     assert pills, "no tag pills on the GRPO page"
     low = [(t, round(contrast(c, b), 2)) for t, c, b in pills if contrast(c, b) < 4.5]
@@ -295,7 +301,8 @@ def test_every_page_has_a_description_and_a_favicon(server):
     for page in site_pages(html):
         text = (html / page).read_text("utf-8")
         if not re.search(r'<meta name="description" content="[^"]{20,}"', text) and page not in {
-            "search.html", "genindex.html"
+            "search.html",
+            "genindex.html",
         }:
             missing.append(f"{page}: no description")
         if 'rel="icon"' not in text:
@@ -313,8 +320,12 @@ def test_notebooks_download_as_executed_ipynb_and_launch_elsewhere(server, visit
         text = (html / page).read_text("utf-8")
         ipynb = re.search(r'href="([^"]+\.ipynb)"', text)
         assert ipynb, f"{page}: no .ipynb download"
-        assert (html / page).parent.joinpath(ipynb.group(1)).resolve().is_file(), f"{page}: {ipynb.group(1)} missing"
-        assert re.search(r'href="https://(mybinder\.org|colab\.research\.google\.com)/', text), f"{page}: no launch link"
+        assert (html / page).parent.joinpath(ipynb.group(1)).resolve().is_file(), (
+            f"{page}: {ipynb.group(1)} missing"
+        )
+        assert re.search(r'href="https://(mybinder\.org|colab\.research\.google\.com)/', text), (
+            f"{page}: no launch link"
+        )
     # download one through the page's menu, as a reader would
     page = MATH_NOTEBOOK if MATH_NOTEBOOK in pages else pages[0]
     visit.page.goto(f"{base}/{page}", wait_until="networkidle")

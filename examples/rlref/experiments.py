@@ -125,13 +125,18 @@ def paired_t_test(x, y) -> TestResult:
     """Two-sided paired t-test on per-seed differences ``d_i = x_i - y_i`` (seed ``i`` in both arms).
 
     ``t = mean(d) / (sd(d) / √n)`` with ``n - 1`` degrees of freedom; the effect size is
-    ``d_z = mean(d) / sd(d)``. Valid when seed ``i`` gives both arms the same initial weights, prompts
-    and random streams, so that ``x_i`` and ``y_i`` share their seed-to-seed luck.
+    ``d_z = mean(d) / sd(d)``. When every difference is equal, the test is decided without a t
+    distribution: p = 1 if they are all 0 (two arms that never differ), p = 0 otherwise. Valid when
+    seed ``i`` gives both arms the same initial weights, prompts and random streams, so that ``x_i``
+    and ``y_i`` share their seed-to-seed luck.
     """
     d = _paired(x, y)
     sd = d.std(ddof=1)
-    if sd == 0:
-        raise ValueError("paired_t_test is undefined when every per-seed difference is equal")
+    if sd == 0:  # every seed gives the same difference: none at all (p = 1), or a constant shift (p = 0)
+        if d.mean() == 0:
+            return TestResult("paired t-test", 0.0, 1.0, 0.0)
+        shift = math.copysign(math.inf, d.mean())
+        return TestResult("paired t-test", shift, 0.0, shift)
     t = d.mean() / (sd / math.sqrt(d.size))
     p = 2 * _st.t.sf(abs(t), d.size - 1)
     return TestResult("paired t-test", float(t), float(p), float(d.mean() / sd))
