@@ -627,6 +627,22 @@ def _record_failure(report: str) -> None:
         (_FAILURE_DIR[0] / name).write_text(report, encoding="utf-8")
 
 
+def _fix_pasted_refdocs(app, doctree) -> None:
+    """Glue pasted from a notebook names its document, not the file behind the docs/examples link.
+
+    myst-nb resolves ``/examples/<section>/<slug>.md`` with ``Path.resolve()``, which follows the
+    symlink docs/examples -> ../examples out of the source folder and leaves an absolute path where
+    a docname belongs; map it back.
+    """
+    from myst_nb.ext.glue.utils import PendingGlueReference
+
+    examples = (Path(app.srcdir) / "examples").resolve()
+    for node in doctree.findall(PendingGlueReference):
+        refdoc = Path(node.attributes["refdoc"])
+        if refdoc.is_absolute() and refdoc.is_relative_to(examples):
+            node.attributes["refdoc"] = "examples/" + refdoc.relative_to(examples).as_posix()
+
+
 def _mark_if_warned(app, exception) -> None:
     """A build that warned (or failed) makes the next one re-read every document."""
     marker = Path(app.doctreedir) / DIRTY_MARKER
@@ -652,5 +668,6 @@ def setup(app):
     app.connect("html-page-context", _html_page_context)
     app.connect("html-page-context", _fallback_meta_description, priority=600)  # after the front matter's
     app.connect("env-get-outdated", _reread_after_warnings)
+    app.connect("doctree-read", _fix_pasted_refdocs)
     app.connect("build-finished", _mark_if_warned)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
