@@ -97,7 +97,7 @@ def docs(session: nox.Session) -> None:
     ensure_packages(session, "node", required=False)  # KaTeX prerenders the math at build time
     sphinx_build(session, "-b", "html", "docs", str(HTML), *session.posargs)
     session.log(f"Site built: {HTML / 'index.html'}")
-    session.log(f"Serve it with: python -m http.server --directory {HTML.relative_to(ROOT)} 8000")
+    session.log(f"Serve it with: python3 -m http.server --directory {HTML.relative_to(ROOT)} 8000")
 
 
 @nox.session

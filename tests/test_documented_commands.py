@@ -62,7 +62,6 @@ EXERCISED = {
         "test_prose_check_of_one_page",
     r"\.venv/bin/nox -R -s robustness -- " + _PLACEHOLDER: "test_robustness_of_one_notebook",
     r"\.venv/bin/nox -R -s tests -- (tests/\S+\.py ?)+": "test_named_test_files_exist",
-    r"\.venv/bin/nox -R -s docs -- -D nb_execution_mode=off": "test_build_without_execution",
     r"python3 -m http\.server --directory _build/html 8000": "test_http_server_serves_the_site",
     r"nox -s notebooks-gpu( -- .*)?": "test_notebooks_gpu_refuses_without_cuda",
 }
@@ -123,13 +122,6 @@ def test_named_test_files_exist():
         if _entry(cmd) == "test_named_test_files_exist":
             missing = [f for f in re.findall(r"tests/\S+\.py", cmd) if not (ROOT / f).is_file()]
             assert not missing, f"{cmd!r} names missing test files {missing}"
-
-
-@pytest.mark.build
-def test_build_without_execution(tmp_path):
-    cmd = [sys.executable, "-m", "sphinx", "-q", "-c", str(ROOT), "-b", "html", "-D", "nb_execution_mode=off"]
-    proc = _run(*cmd, "docs", str(tmp_path / "html"))
-    assert proc.returncode == 0 and (tmp_path / "html" / "index.html").is_file(), proc.stderr[-3000:]
 
 
 @pytest.mark.build

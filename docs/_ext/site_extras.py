@@ -26,6 +26,7 @@ import html
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -659,8 +660,43 @@ def _reread_after_warnings(app, env, added, changed, removed) -> list[str]:
     return []
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux)
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _katex_servers_end_with_their_build() -> None:
+    """sphinxcontrib-katex's node render server must not outlive the process that started it.
+
+    It is started in every parallel writer (forked processes that exit without atexit), so it used to
+    live on, holding the build's stderr: a caller capturing the output of sphinx-build then waited
+    forever. Give it no stderr, and on Linux end it when its parent ends.
+    """
+    import subprocess
+
+    try:
+        import sphinxcontrib.katex as katex
+    except ImportError:
+        return
+    original = katex.Popen
+    if getattr(original, "_site_extras", False):
+        return
+
+    def popen(cmd, **kwargs):
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        if sys.platform == "linux":
+            kwargs.setdefault("preexec_fn", _die_with_parent)
+        return original(cmd, **kwargs)
+
+    popen._site_extras = True
+    katex.Popen = popen
+
+
 def setup(app):
     _patch_notebook_client()
+    _katex_servers_end_with_their_build()
     app.add_config_value("site_root", "", "env")  # repository root holding examples/ (default: confdir)
     app.connect("builder-inited", _builder_inited)
     app.connect("source-read", _source_read)
