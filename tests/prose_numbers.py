@@ -200,6 +200,9 @@ def glue_problems(page: Path, glued_of) -> list[str]:
     from ast import literal_eval
 
     text = page.read_text(encoding="utf-8")
+    # roles shown as examples (in fences or ``double-backtick`` code) are not references
+    shown = re.compile(r"^(`{3,}|~{3,})(?!\{)[^\n]*\n.*?^\1[ \t]*$|``.+?``", re.S | re.M)
+    text = shown.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
     problems = []
     for match in _GLUE_REF.finditer(text):
         kind, ref = match.group(1) or "any", match.group(2)

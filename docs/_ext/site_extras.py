@@ -576,7 +576,12 @@ def _patch_notebook_client() -> None:
             cached = True
         except KeyError:
             cached = False
+        submitted = self.notebook
         original(self)
+        if self.notebook is not submitted:
+            # a cache hit merges the outputs into a copy; myst-nb writes the notebook it submitted to
+            # jupyter_execute/ (the page's .ipynb download), so give that one the outputs too
+            submitted.cells = self.notebook.cells
         if self.path is None:
             return
         if not self.exec_metadata.get("succeeded", True):
