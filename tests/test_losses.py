@@ -16,7 +16,10 @@ from rlref.losses import (
     DPOLossConfig,
     LossInputType,
     LossType,
+    MseValueLoss,
+    MseValueLossConfig,
     NLLLoss,
+    critic_explained_variance,
     next_token_logprobs,
 )
 
@@ -551,3 +554,113 @@ def test_rewards_for_positive_nll_are_checked():
     data["rewards"] = torch.ones(2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"data\['rewards'\] must have shape \(3,\), got \(2,\)"):
         call(ClippedPGLoss(positive_example_nll_weight=0.1), curr, data)
+
+
+# --------------------------------------------------------------------------------------------------
+# MseValueLoss
+# --------------------------------------------------------------------------------------------------
+
+
+def value_batch(B=3, S=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(B, S, generator=g, dtype=torch.float64)
+    data = {
+        "returns": torch.randn(B, S, generator=g, dtype=torch.float64),
+        "values": values + 0.5 * torch.randn(B, S, generator=g, dtype=torch.float64),
+        "token_mask": (torch.rand(B, S, generator=g) > 0.3).to(torch.float64),
+        "sample_mask": torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)[:B],
+    }
+    return values, data
+
+
+def test_value_loss_without_clipping_is_half_the_masked_mse():
+    v, data = value_batch()
+    m = data["token_mask"] * data["sample_mask"][:, None]
+    gt = float(m.sum())
+    loss, metrics = MseValueLoss(scale=2.0)(v, data, 2, gt)
+    expected = 2.0 * 0.5 * float((m * (v - data["returns"]) ** 2).sum()) / (gt + 1e-8)
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    assert metrics["vf_clipfrac"] == 0.0
+    assert metrics["num_valid_samples"] == 3
+    assert metrics["values_min"] == pytest.approx(float(v[m.bool()].min()))
+    assert metrics["values_max"] == pytest.approx(float(v[m.bool()].max()))
+
+
+def test_value_clipping_takes_the_larger_error_per_token():
+    values = torch.tensor([[2.0, 0.0, 1.0]], dtype=torch.float64)
+    data = {
+        "returns": torch.tensor([[0.0, 0.0, 3.0]], dtype=torch.float64),
+        "values": torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64),
+        "token_mask": torch.ones(1, 3, dtype=torch.float64),
+        "sample_mask": torch.ones(1, dtype=torch.float64),
+    }
+    # c = 0.5: clipped predictions [0.5, 0, 0.5]; squared errors unclipped [4, 0, 4], clipped [0.25, 0, 6.25]
+    loss, metrics = MseValueLoss(cliprange=0.5)(values, data, 1, 3)
+    assert float(loss) == pytest.approx(0.5 * (4 + 0 + 6.25) / 3)
+    assert metrics["vf_clipfrac"] == pytest.approx(1 / 3)
+    # cliprange 0 disables clipping (as in NeMo RL) and then data["values"] is not needed
+    no_old = {k: v for k, v in data.items() if k != "values"}
+    loss0, _ = MseValueLoss(cliprange=0.0)(values, no_old, 1, 3)
+    assert float(loss0) == pytest.approx(0.5 * (4 + 0 + 4) / 3)
+
+
+def test_value_loss_gradient_and_trailing_singleton():
+    v, data = value_batch()
+    m = data["token_mask"] * data["sample_mask"][:, None]
+    x = v.unsqueeze(-1).clone().requires_grad_(True)
+    loss, _ = MseValueLoss()(x, data, 2, float(m.sum()))
+    loss.backward()
+    expected = (m * (v - data["returns"]) / m.sum()).unsqueeze(-1)
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_value_metrics_add_up_over_micro_batches_and_give_explained_variance():
+    v, data = value_batch(B=4, S=6, seed=3)
+    data["sample_mask"] = torch.ones(4, dtype=torch.float64)
+    m = data["token_mask"]
+    gt = float(m.sum())
+    fn = MseValueLoss(cliprange=0.2)
+    _, full = fn(v, data, 4, gt)
+    parts = [fn(v[i : i + 2], {k: t[i : i + 2] for k, t in data.items()}, 4, gt)[1] for i in (0, 2)]
+    for key in ("loss", "returns_mean", "values_mean", "returns_sq_mean", "residual_sq_mean", "vf_clipfrac"):
+        assert sum(p[key] for p in parts) == pytest.approx(full[key], rel=1e-12)
+    assert min(p["values_min"] for p in parts) == full["values_min"]
+    r, vv = data["returns"][m.bool()], v[m.bool()]
+    ev = 1 - torch.var(r - vv, unbiased=False) / torch.var(r, unbiased=False)
+    assert critic_explained_variance(full) == pytest.approx(float(ev), rel=1e-9)
+
+
+def test_value_loss_with_nothing_valid_is_zero_with_zero_extrema():
+    v, data = value_batch()
+    data["sample_mask"] = torch.zeros(3, dtype=torch.float64)
+    loss, metrics = MseValueLoss()(v, data, 0, 0)
+    assert float(loss) == 0.0 and metrics["values_min"] == 0.0 and metrics["values_max"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ({"scale": -1.0}, ValueError, "scale must be >= 0"),
+        ({"cliprange": -0.1}, ValueError, "cliprange must be >= 0 or None"),
+        ({"cliprange": "0.2"}, TypeError, "cliprange must be a number or None"),
+        ({"clip_range": 0.2}, TypeError, r"unknown MseValueLossConfig key\(s\) \['clip_range'\]"),
+    ],
+)
+def test_value_loss_config_validation(overrides, error, match):
+    with pytest.raises(error, match=match):
+        MseValueLoss(**overrides)
+
+
+def test_value_loss_input_errors():
+    v, data = value_batch()
+    with pytest.raises(ValueError, match=r"must be \[B, S\] or \[B, S, 1\], got shape \(3, 5, 2\)"):
+        MseValueLoss()(torch.zeros(3, 5, 2, dtype=torch.float64), data, 2, 5)
+    with pytest.raises(TypeError, match="must be a floating tensor"):
+        MseValueLoss()(torch.zeros(3, 5, dtype=torch.long), data, 2, 5)
+    with pytest.raises(ValueError, match="missing the required key 'values'"):
+        MseValueLoss(cliprange=0.2)(v, {k: t for k, t in data.items() if k != "values"}, 2, 5)
+    with pytest.raises(ValueError, match=r"data\['returns'\] must have shape \(3, 5\)"):
+        MseValueLoss()(v, {**data, "returns": data["returns"][:, 1:]}, 2, 5)
+    with pytest.raises(ValueError, match="metrics is missing"):
+        critic_explained_variance({"returns_mean": 0.0})
+    assert MseValueLossConfig() == MseValueLoss().config

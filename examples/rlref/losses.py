@@ -1,4 +1,4 @@
-"""Reference clipped policy-gradient, DPO and NLL losses, written from the formulas.
+"""Reference losses of NeMo RL (policy gradient, NLL, DPO, value MSE, ...), written from the formulas.
 
 Every class follows NeMo RL's ``LossFunction`` protocol (nemo_rl/algorithms/loss/interfaces.py:23-110):
 it is called with keywords and returns ``(loss, metrics)``::
@@ -38,8 +38,11 @@ __all__ = [
     "DPOLossConfig",
     "LossInputType",
     "LossType",
+    "MseValueLoss",
+    "MseValueLossConfig",
     "NLLLoss",
     "TRUNCATED_IS_TYPES",
+    "critic_explained_variance",
     "next_token_logprobs",
 ]
 
@@ -685,3 +688,133 @@ class DPOLoss:
                 "num_valid_samples": float(sm.sum() / 2),
             }
         return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Value-model MSE (PPO critic)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MseValueLossConfig:
+    """NeMo RL's ``MseValueLossConfig`` (nemo_rl/algorithms/loss/loss_functions.py:1209-1215), YAML
+    section ``value_loss_fn`` (nemo_rl/algorithms/ppo.py:285).
+
+    ``scale`` multiplies the loss; ``cliprange`` (``None`` or 0 = off) bounds how far a new value
+    prediction may move from the rollout-time value before the clipped branch takes over.
+    """
+
+    scale: float = 1.0
+    cliprange: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_number("scale", self.scale)
+        if self.scale < 0:
+            raise ValueError(f"scale must be >= 0, got {self.scale!r}")
+        _check_number("cliprange", self.cliprange, allow_none=True)
+        if self.cliprange is not None and self.cliprange < 0:
+            raise ValueError(f"cliprange must be >= 0 or None, got {self.cliprange!r}")
+
+
+class MseValueLoss:
+    r"""PPO value (critic) loss: half the masked mean squared error, optionally value-clipped.
+
+    With ``V`` the value head output ``[B, S]`` (or ``[B, S, 1]``), ``R = data["returns"]``,
+    ``m = token_mask * sample_mask[:, None]`` (``[B, S]``, *not* shifted: value ``t`` predicts the
+    return from token ``t``) and ``c = cliprange``::
+
+        no clipping:  loss = scale * 1/2 * sum(m (V - R)^2) / (GT + 1e-8)
+        clipping:     Vc   = clamp(V, V_old - c, V_old + c)       (V_old = data["values"])
+                      loss = scale * 1/2 * sum(m max((V - R)^2, (Vc - R)^2)) / (GT + 1e-8)
+
+    ``vf_clipfrac`` is the token share where the clipped branch is strictly larger. The metrics
+    ``returns_mean``, ``values_mean``, ``returns_sq_mean``, ``residual_sq_mean`` are divided by
+    ``GT`` so they add up over micro-batches; ``values_min`` / ``values_max`` are per micro-batch
+    (0.0 when nothing is valid) and are combined with min / max. :func:`critic_explained_variance`
+    turns the summed metrics into the explained variance NeMo RL logs.
+
+    NeMo RL: ``MseValueLossFn`` (nemo_rl/algorithms/loss/loss_functions.py:1218-1343), input type
+    ``LOGIT`` (the value head output), ``loss_type`` TOKEN_LEVEL; ``cliprange`` 0 means off, as in
+    NeMo RL's ``if self.cliprange and self.cliprange > 0`` (line 1257).
+    """
+
+    input_type = LossInputType.LOGIT
+    loss_type = LossType.TOKEN_LEVEL
+
+    def __init__(self, config: MseValueLossConfig | Mapping | None = None, **overrides) -> None:
+        self.config = _build_config(MseValueLossConfig, config, overrides)
+
+    def __repr__(self) -> str:
+        return f"MseValueLoss({self.config})"
+
+    def __call__(self, logits, data, global_valid_seqs, global_valid_toks):
+        cfg = self.config
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"logits (value head output) must be a torch.Tensor, got {type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits (value head output) must be a floating tensor, got dtype {logits.dtype}")
+        if logits.dim() == 3 and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        if logits.dim() != 2:
+            raise ValueError(
+                f"logits (value head output) must be [B, S] or [B, S, 1], got shape {tuple(logits.shape)}"
+            )
+        data = _check_data(data)
+        dtype = _compute_dtype(logits)
+        values = logits.to(dtype)
+        shape = tuple(values.shape)
+        returns = _get(data, "returns", shape, dtype)
+        tm = _get(data, "token_mask", shape, dtype, mask=True)
+        sm = _get(data, "sample_mask", (shape[0],), dtype, mask=True)
+        GT = _count("global_valid_toks", global_valid_toks, dtype, values.device)
+        _count("global_valid_seqs", global_valid_seqs, dtype, values.device)  # validated, unused
+        m = tm * sm[:, None]
+
+        def tok_mean(x: torch.Tensor) -> torch.Tensor:
+            return (x * m).sum() / (GT + EPS)
+
+        unclipped = (values - returns) ** 2
+        if cfg.cliprange:
+            old = _get(data, "values", shape, dtype)
+            v_clipped = torch.maximum(torch.minimum(values, old + cfg.cliprange), old - cfg.cliprange)
+            clipped = (v_clipped - returns) ** 2
+            per_token = torch.maximum(unclipped, clipped)
+            clipfrac = float(tok_mean((clipped > unclipped).to(dtype)).detach())
+        else:
+            per_token = unclipped
+            clipfrac = 0.0
+        loss = 0.5 * cfg.scale * tok_mean(per_token)
+
+        with torch.no_grad():
+            v = values.detach()
+            valid = v[m != 0]
+            metrics = {
+                "loss": float(loss.detach()),
+                "vf_clipfrac": clipfrac,
+                "returns_mean": float(tok_mean(returns)),
+                "values_mean": float(tok_mean(v)),
+                "values_min": float(valid.min()) if valid.numel() else 0.0,
+                "values_max": float(valid.max()) if valid.numel() else 0.0,
+                "returns_sq_mean": float(tok_mean(returns**2)),
+                "residual_sq_mean": float(tok_mean((returns - v) ** 2)),
+                "num_valid_samples": int(shape[0]),
+            }
+        return loss, metrics
+
+
+def critic_explained_variance(metrics: Mapping) -> float:
+    r"""``1 - Var(R - V) / max(Var(R), 1e-8)`` from summed :class:`MseValueLoss` metrics.
+
+    ``Var(R) = returns_sq_mean - returns_mean^2``,
+    ``Var(R - V) = residual_sq_mean - (returns_mean - values_mean)^2`` (metrics already summed over
+    micro-batches). NeMo RL: ``_compute_critic_metrics`` (nemo_rl/algorithms/ppo.py:1165-1191),
+    logged as ``critic/explained_var``.
+    """
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+    keys = ("returns_mean", "values_mean", "returns_sq_mean", "residual_sq_mean")
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics is missing {missing}")
+    r, v, r2, e2 = (float(metrics[k]) for k in keys)
+    return 1.0 - (e2 - (r - v) ** 2) / max(r2 - r**2, 1e-8)
