@@ -32,18 +32,32 @@ from rlref.kl import KL_TYPES, calculate_kl
 from rlref.masking import EPS, masked_mean
 
 __all__ = [
+    "DISTILLATION_KL_TYPES",
+    "LOG_INFINITESIMAL",
     "ClippedPGLoss",
     "ClippedPGLossConfig",
     "DPOLoss",
     "DPOLossConfig",
     "LossInputType",
     "LossType",
+    "CrossTokenizerDistillationLoss",
+    "CrossTokenizerDistillationLossConfig",
+    "DistillationLoss",
+    "DistillationLossConfig",
+    "DraftCrossEntropyLoss",
+    "DraftLossWrapper",
     "MseValueLoss",
     "MseValueLossConfig",
+    "PreferenceLoss",
     "NLLLoss",
     "TRUNCATED_IS_TYPES",
+    "chunk_average",
     "critic_explained_variance",
+    "distillation_topk_logprobs",
+    "draft_loss_inputs",
+    "exact_token_map",
     "next_token_logprobs",
+    "topk_projection_matrix",
 ]
 
 TRUNCATED_IS_TYPES = (None, "tis", "icepop", "seq-mask-tis")
@@ -818,3 +832,716 @@ def critic_explained_variance(metrics: Mapping) -> float:
         raise ValueError(f"metrics is missing {missing}")
     r, v, r2, e2 = (float(metrics[k]) for k in keys)
     return 1.0 - (e2 - (r - v) ** 2) / max(r2 - r**2, 1e-8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Preference (reward-model) loss
+# --------------------------------------------------------------------------------------------------
+
+
+class PreferenceLoss:
+    r"""Bradley-Terry loss of a scalar reward model on interleaved (chosen, rejected) rows.
+
+    ``logits`` are the reward-model scores ``r`` (``[B]`` or ``[B, 1]``), row ``2i`` chosen, ``2i+1``
+    rejected; ``sm = data["sample_mask"]``::
+
+        loss = sum_i sm_{2i} * -log sigmoid(r_{2i} - r_{2i+1}) / (GS/2 + 1e-8)
+
+    ``accuracy`` (share of pairs with ``r_{2i} > r_{2i+1}``) and ``rewards_chosen_mean`` use the
+    chosen rows' mask, ``rewards_rejected_mean`` the rejected rows' mask, all over ``GS/2`` pairs;
+    ``num_valid_samples = sum(sm) / 2``. There is no beta: NeMo RL's ``_preference_loss`` defaults it
+    to 1 for the reward model; :class:`DPOLoss` uses the same reduction with ``beta`` and
+    log-ratio rewards.
+
+    NeMo RL: ``PreferenceLossFn`` (nemo_rl/algorithms/loss/loss_functions.py:853-945), the reward
+    model (RM) loss, input type ``LOGIT``, ``loss_type`` SEQUENCE_LEVEL.
+    """
+
+    input_type = LossInputType.LOGIT
+    loss_type = LossType.SEQUENCE_LEVEL
+
+    def __repr__(self) -> str:
+        return "PreferenceLoss()"
+
+    def __call__(self, logits, data, global_valid_seqs, global_valid_toks):
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"logits (reward scores) must be a torch.Tensor, got {type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits (reward scores) must be a floating tensor, got dtype {logits.dtype}")
+        if logits.dim() == 2 and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        if logits.dim() != 1:
+            raise ValueError(f"logits (reward scores) must be [B] or [B, 1], got shape {tuple(logits.shape)}")
+        B = logits.shape[0]
+        if B % 2 != 0:
+            raise ValueError(
+                "the preference loss needs an even number of rows (interleaved chosen/rejected pairs), "
+                f"got B={B}"
+            )
+        data = _check_data(data)
+        dtype = _compute_dtype(logits)
+        r = logits.to(dtype)
+        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        GS = _count("global_valid_seqs", global_valid_seqs, dtype, r.device)
+        if global_valid_toks is not None:
+            _count("global_valid_toks", global_valid_toks, dtype, r.device)  # validated, unused
+        n_pairs = GS / 2 + EPS
+        r_c, r_r = r[0::2], r[1::2]
+        sm_c, sm_r = sm[0::2], sm[1::2]
+        loss = (sm_c * sm_c * -F.logsigmoid(r_c - r_r)).sum() / n_pairs
+        with torch.no_grad():
+            metrics = {
+                "loss": float(loss.detach()),
+                "accuracy": float(((r_c > r_r).to(dtype) * sm_c).sum() / n_pairs),
+                "rewards_chosen_mean": float((r_c.detach() * sm_c).sum() / n_pairs),
+                "rewards_rejected_mean": float((r_r.detach() * sm_r).sum() / n_pairs),
+                "num_valid_samples": float(sm.sum() / 2),
+            }
+        return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# On-policy / top-k distillation
+# --------------------------------------------------------------------------------------------------
+
+DISTILLATION_KL_TYPES = ("forward", "reverse", "mixed")
+#: NeMo RL's stand-in for ``log 0`` of a teacher probability outside its top-k
+#: (``self.log_infinitesimal``, nemo_rl/algorithms/loss/loss_functions.py:1137).
+LOG_INFINITESIMAL = -100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillationLossConfig:
+    """NeMo RL's ``DistillationLossConfig`` (nemo_rl/algorithms/loss/loss_functions.py:1109-1112).
+
+    ``kl_type``: ``forward`` ``KL(teacher || student)``, ``reverse`` ``KL(student || teacher)`` or
+    ``mixed`` ``w * forward + (1 - w) * reverse`` with ``w = mixed_kl_weight``.
+    ``zero_outside_topk``: keep the student's full-vocabulary probabilities (teacher = 0 outside its
+    top-k) instead of renormalising both inside the top-k.
+    """
+
+    kl_type: str = "mixed"
+    mixed_kl_weight: float = 0.5
+    zero_outside_topk: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kl_type not in DISTILLATION_KL_TYPES:
+            raise ValueError(f"kl_type must be one of {DISTILLATION_KL_TYPES}, got {self.kl_type!r}")
+        _check_number("mixed_kl_weight", self.mixed_kl_weight)
+        if not 0 <= self.mixed_kl_weight <= 1:
+            raise ValueError(f"mixed_kl_weight must lie in [0, 1], got {self.mixed_kl_weight!r}")
+        _check_bool("zero_outside_topk", self.zero_outside_topk)
+
+
+def distillation_topk_logprobs(
+    student_logits: torch.Tensor,
+    teacher_topk_logits: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    *,
+    zero_outside_topk: bool,
+    calculate_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    r"""Student and teacher log-probs on the teacher's top-k ids, next-token aligned (``[:, :-1]``).
+
+    ``student_logits`` ``[B, S, V]``, ``teacher_topk_logits`` / ``teacher_topk_indices`` ``[B, S, k]``.
+    Teacher: ``log_softmax`` over its ``k`` logits (renormalised inside the top-k). Student:
+    ``zero_outside_topk=False`` renormalises inside the same ``k`` ids
+    (``log_softmax(student_logits.gather(ids))``); ``True`` keeps the full-vocabulary
+    ``log_softmax(student_logits).gather(ids)``. ``H_all = sum_v p_v log p_v`` over the full vocabulary
+    (the *negative* entropy, despite the name) when ``calculate_entropy``, else ``None``.
+    Returns ``[B, S-1, k]``, ``[B, S-1, k]``, ``[B, S-1]``; float32 (float64 for float64 logits).
+
+    NeMo RL: ``get_distillation_topk_logprobs_from_logits``
+    (nemo_rl/distributed/model_utils.py:1856-2020), called by ``prepare_loss_input`` for
+    ``LossInputType.DISTILLATION`` (nemo_rl/algorithms/loss/utils.py:121-141).
+    """
+    for name, t in (("student_logits", student_logits), ("teacher_topk_logits", teacher_topk_logits),
+                    ("teacher_topk_indices", teacher_topk_indices)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not student_logits.is_floating_point() or not teacher_topk_logits.is_floating_point():
+        raise TypeError("student_logits and teacher_topk_logits must be floating tensors")
+    if teacher_topk_indices.dtype.is_floating_point or teacher_topk_indices.dtype == torch.bool:
+        raise TypeError(
+            f"teacher_topk_indices must be an integer tensor, got dtype {teacher_topk_indices.dtype}"
+        )
+    if student_logits.dim() != 3:
+        raise ValueError(f"student_logits must be [B, S, V], got shape {tuple(student_logits.shape)}")
+    if teacher_topk_indices.dim() != 3 or teacher_topk_indices.shape[-1] <= 0:
+        raise ValueError(
+            f"topk must be positive: teacher_topk_indices must be [B, S, k] with k >= 1, "
+            f"got shape {tuple(teacher_topk_indices.shape)}"
+        )
+    B, S, V = student_logits.shape
+    if teacher_topk_indices.shape[:2] != (B, S) or teacher_topk_logits.shape != teacher_topk_indices.shape:
+        raise ValueError(
+            f"teacher_topk_logits {tuple(teacher_topk_logits.shape)} and teacher_topk_indices "
+            f"{tuple(teacher_topk_indices.shape)} must both be [B, S, k] with [B, S] = {(B, S)}"
+        )
+    if S < 2:
+        raise ValueError(f"need a sequence length S >= 2, got student_logits {tuple(student_logits.shape)}")
+    if int(teacher_topk_indices.min()) < 0 or int(teacher_topk_indices.max()) >= V:
+        raise ValueError(f"teacher_topk_indices must lie in [0, {V}) (the student vocab size)")
+    _check_bool("zero_outside_topk", zero_outside_topk)
+    dtype = _compute_dtype(student_logits)
+    s = student_logits.to(dtype)
+    ids = teacher_topk_indices.long()
+    h_all = None
+    if zero_outside_topk:
+        full = torch.log_softmax(s, dim=-1)
+        s_topk = full.gather(-1, ids)
+        if calculate_entropy:
+            h_all = (full.exp() * full).sum(-1)[:, :-1]
+    else:
+        s_topk = torch.log_softmax(s.gather(-1, ids), dim=-1)
+    t_topk = torch.log_softmax(teacher_topk_logits.to(dtype), dim=-1)
+    return s_topk[:, :-1], t_topk[:, :-1], h_all
+
+
+class DistillationLoss:
+    r"""Token-level KL between a student and a teacher's top-k distribution (on-policy distillation).
+
+    With ``s, t`` the student and teacher log-probs on the teacher's top-k ids at each position
+    (:func:`distillation_topk_logprobs`) and ``w = mixed_kl_weight``::
+
+        forward  KL_t = sum_k e^t (t - s)
+        reverse  KL_t = sum_k e^s (s - t)  [+ H_rest - LOG_INF * P_rest   if zero_outside_topk]
+        mixed    KL_t = w * forward + (1 - w) * reverse   (correction scaled by 1 - w)
+        loss = sum_t KL_t m_t / (GT + 1e-8),   m = token_mask[:, 1:] * sample_mask[:, None]
+
+    The correction is the reverse KL's mass outside the top-k when the teacher is taken as zero
+    there: ``H_rest = H_all - sum_k e^s s``, ``P_rest = 1 - sum_k e^s`` and ``log 0`` replaced by
+    ``LOG_INF = -100``, so ``-LOG_INF * P_rest`` charges 100 per unit of student mass outside the
+    teacher's top-k. Neither implementation checks that the ``k`` ids are distinct: a repeated id
+    counts its probability twice, ``P_rest`` turns negative and so can the loss (NeMo RL's own test
+    batch has ``k = 64`` ids drawn from ``V = 8``).
+
+    Call with the student's logits (``[B, S, V]``) and ``data`` holding ``teacher_topk_logits``,
+    ``teacher_topk_indices`` (``[B, S, k]``), ``token_mask`` ``[B, S]``, ``sample_mask`` ``[B]``; or
+    with precomputed top-k log-probs through :meth:`from_topk_logprobs` (NeMo RL's call shape).
+
+    NeMo RL: ``DistillationLossFn`` (nemo_rl/algorithms/loss/loss_functions.py:1124-1206), config
+    ``loss_fn.*`` = :class:`DistillationLossConfig`, metrics ``loss``, ``num_valid_samples``;
+    ``loss_type`` TOKEN_LEVEL. Used by on-policy distillation (nemo_rl/algorithms/distillation.py).
+    """
+
+    input_type = LossInputType.LOGIT
+    loss_type = LossType.TOKEN_LEVEL
+
+    def __init__(self, config: DistillationLossConfig | Mapping | None = None, **overrides) -> None:
+        self.config = _build_config(DistillationLossConfig, config, overrides)
+
+    def __repr__(self) -> str:
+        return f"DistillationLoss({self.config})"
+
+    def __call__(self, logits, data, global_valid_seqs, global_valid_toks):
+        cfg = self.config
+        data = _check_data(data)
+        for key in ("teacher_topk_logits", "teacher_topk_indices"):
+            if key not in data:
+                raise ValueError(f"data is missing the required key {key!r} (has: {sorted(data)})")
+        s, t, h_all = distillation_topk_logprobs(
+            logits, data["teacher_topk_logits"], data["teacher_topk_indices"],
+            zero_outside_topk=cfg.zero_outside_topk,
+            calculate_entropy=cfg.zero_outside_topk and cfg.kl_type != "forward",
+        )
+        return self.from_topk_logprobs(s, t, h_all, data, global_valid_seqs, global_valid_toks)
+
+    def from_topk_logprobs(self, student_topk_logprobs, teacher_topk_logprobs, H_all, data,
+                           global_valid_seqs, global_valid_toks):
+        """The loss from ``[B, S-1, k]`` student / teacher top-k log-probs and ``H_all`` ``[B, S-1]``."""
+        cfg = self.config
+        s, t = student_topk_logprobs, teacher_topk_logprobs
+        for name, x in (("student_topk_logprobs", s), ("teacher_topk_logprobs", t)):
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
+                raise ValueError(f"{name} must be a floating [B, S-1, k] tensor")
+        if s.shape != t.shape:
+            raise ValueError(
+                f"student_topk_logprobs {tuple(s.shape)} and teacher_topk_logprobs {tuple(t.shape)} differ"
+            )
+        dtype = _compute_dtype(s)
+        s, t = s.to(dtype), t.to(dtype)
+        B, T, _ = s.shape
+        data = _check_data(data)
+        tm = _get(data, "token_mask", (B, T + 1), dtype, mask=True)[:, 1:]
+        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        GT = _count("global_valid_toks", global_valid_toks, dtype, s.device)
+        _count("global_valid_seqs", global_valid_seqs, dtype, s.device)  # validated, unused
+        ps, pt = s.exp(), t.exp()
+        forward = (pt * (t - s)).sum(-1)
+        reverse = (ps * (s - t)).sum(-1)
+        w = cfg.mixed_kl_weight
+        if cfg.kl_type == "forward":
+            kl = forward
+        elif cfg.kl_type == "reverse":
+            kl = reverse
+        else:
+            kl = w * forward + (1 - w) * reverse
+        if cfg.zero_outside_topk and cfg.kl_type != "forward":
+            if not isinstance(H_all, torch.Tensor) or tuple(H_all.shape) != (B, T):
+                raise ValueError(
+                    f"H_all must be a [B, S-1] = {(B, T)} tensor when zero_outside_topk with "
+                    f"kl_type={cfg.kl_type!r}, got {H_all if H_all is None else tuple(H_all.shape)}"
+                )
+            h_rest = H_all.to(dtype) - (ps * s).sum(-1)
+            p_rest = 1 - ps.sum(-1)
+            correction = h_rest - LOG_INFINITESIMAL * p_rest
+            kl = kl + (correction if cfg.kl_type == "reverse" else (1 - w) * correction)
+        m = tm * sm[:, None]
+        loss = (kl * m).sum() / (GT + EPS)
+        return loss, {"loss": float(loss.detach()), "num_valid_samples": int(B)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Draft-model (speculative decoding) soft cross-entropy
+# --------------------------------------------------------------------------------------------------
+
+
+def draft_loss_inputs(
+    policy_logits: torch.Tensor, token_mask: torch.Tensor, d2t: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Targets for the draft head: the policy's logits and token mask shifted one position left.
+
+    ``teacher[:, t] = policy_logits[:, t+1]`` and ``mask[:, t] = token_mask[:, t+1]`` with the last
+    position zero-filled (Megatron's ``roll_tensor(shifts=-1)``); ``policy_logits`` is detached.
+    With a draft vocabulary ``d2t`` (``[V_draft]``, draft id ``i`` is policy id ``i + d2t[i]``) the
+    teacher logits keep only those columns: ``teacher[..., i] = policy[..., i + d2t[i]]``.
+
+    NeMo RL: ``prepare_loss_input`` for ``LossInputType.DRAFT`` (nemo_rl/algorithms/loss/utils.py:172-208).
+    """
+    if not isinstance(policy_logits, torch.Tensor) or not policy_logits.is_floating_point():
+        raise TypeError("policy_logits must be a floating torch.Tensor")
+    if policy_logits.dim() != 3:
+        raise ValueError(f"policy_logits must be [B, S, V], got shape {tuple(policy_logits.shape)}")
+    if not isinstance(token_mask, torch.Tensor) or tuple(token_mask.shape) != tuple(policy_logits.shape[:2]):
+        got = tuple(token_mask.shape) if isinstance(token_mask, torch.Tensor) else type(token_mask).__name__
+        raise ValueError(f"token_mask must be a [B, S] = {tuple(policy_logits.shape[:2])} tensor, got {got}")
+    teacher = torch.zeros_like(policy_logits)
+    teacher[:, :-1] = policy_logits.detach()[:, 1:]
+    mask = torch.zeros_like(token_mask)
+    mask[:, :-1] = token_mask[:, 1:]
+    if d2t is not None:
+        if not isinstance(d2t, torch.Tensor) or d2t.dim() != 1 or d2t.dtype.is_floating_point:
+            raise TypeError("d2t must be a 1-d integer tensor (draft id i -> policy id i + d2t[i])")
+        cols = torch.arange(len(d2t), device=d2t.device) + d2t
+        V = policy_logits.shape[-1]
+        if len(d2t) and (int(cols.min()) < 0 or int(cols.max()) >= V):
+            raise ValueError(f"d2t maps draft ids outside the policy vocabulary [0, {V})")
+        teacher = teacher[..., cols.long()]
+    return teacher, mask
+
+
+class DraftCrossEntropyLoss:
+    r"""Soft-target cross-entropy of a draft (speculative-decoding) head against the policy.
+
+    ``ce_t = -sum_v softmax(teacher_t)_v * log_softmax(student_t)_v`` (the forward KL up to the
+    teacher's entropy, so the same student gradient), and
+    ``loss = sum_t ce_t m_t / (GT + 1e-8)`` with ``m = token_mask * sample_mask[:, None]`` (masks already
+    shifted by :func:`draft_loss_inputs`; no further ``[:, 1:]``). Returns the loss tensor only, as
+    NeMo RL does; :class:`DraftLossWrapper` adds it to a policy loss and reports it as ``draft_loss``.
+
+    NeMo RL: ``DraftCrossEntropyLossFn`` (nemo_rl/algorithms/loss/loss_functions.py:66-108),
+    ``input_type`` DRAFT, ``loss_type`` TOKEN_LEVEL; under tensor parallelism it calls
+    ``DistributedCrossEntropy`` (same value, vocabulary sharded).
+    """
+
+    loss_type = LossType.TOKEN_LEVEL
+
+    def __repr__(self) -> str:
+        return "DraftCrossEntropyLoss()"
+
+    def __call__(self, teacher_logits, student_logits, token_mask, data, global_valid_seqs,
+                 global_valid_toks):
+        for name, x in (("teacher_logits", teacher_logits), ("student_logits", student_logits)):
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
+                raise ValueError(f"{name} must be a floating [B, S, V] tensor")
+        if teacher_logits.shape != student_logits.shape:
+            raise ValueError(
+                f"teacher_logits {tuple(teacher_logits.shape)} and student_logits "
+                f"{tuple(student_logits.shape)} must have the same shape (map the policy vocab with d2t)"
+            )
+        data = _check_data(data)
+        dtype = _compute_dtype(student_logits)
+        B, S, _ = student_logits.shape
+        tm = _get({"token_mask": token_mask}, "token_mask", (B, S), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        GT = _count("global_valid_toks", global_valid_toks, dtype, student_logits.device)
+        p_t = torch.softmax(teacher_logits.detach().to(dtype), dim=-1)
+        log_p_s = torch.log_softmax(student_logits.to(dtype), dim=-1)
+        ce = -(p_t * log_p_s).sum(-1)
+        return (ce * tm * sm[:, None]).sum() / (GT + EPS)
+
+
+class DraftLossWrapper:
+    r"""``policy loss + loss_weight * draft loss``, with ``metrics["draft_loss"]`` always reported.
+
+    Called with the policy's logits ``[B, S, V]`` and ``data`` holding ``student_logits`` (the draft
+    head's output, ``[B, S, V_draft]``), ``token_mask``, ``sample_mask`` and whatever ``loss_fn``
+    needs (``input_ids`` when it takes next-token log-probs). ``loss_fn`` is any loss of this module;
+    a ``LOGPROB`` loss gets :func:`next_token_logprobs` of the logits.
+
+    NeMo RL: ``DraftLossWrapper`` (nemo_rl/algorithms/loss/wrapper.py:231-289).
+    """
+
+    def __init__(self, loss_fn, loss_weight: float = 1.0, d2t: torch.Tensor | None = None) -> None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        _check_number("loss_weight", loss_weight)
+        self.loss_fn = loss_fn
+        self.loss_weight = loss_weight
+        self.d2t = d2t
+        self.draft_loss_fn = DraftCrossEntropyLoss()
+
+    def __call__(self, logits, data, global_valid_seqs, global_valid_toks):
+        if global_valid_toks is None:
+            raise ValueError("global_valid_toks is required for DraftLossWrapper")
+        data = _check_data(data)
+        if getattr(self.loss_fn, "input_type", None) is LossInputType.LOGPROB:
+            if "input_ids" not in data:
+                raise ValueError("data is missing the required key 'input_ids' for a LOGPROB policy loss")
+            policy_input = next_token_logprobs(logits, data["input_ids"])
+        else:
+            policy_input = logits
+        policy_loss, metrics = self.loss_fn(policy_input, data, global_valid_seqs, global_valid_toks)
+        if "student_logits" not in data or "token_mask" not in data:
+            raise ValueError("data needs 'student_logits' (draft head output) and 'token_mask'")
+        teacher, mask = draft_loss_inputs(logits, data["token_mask"], self.d2t)
+        draft = self.draft_loss_fn(teacher, data["student_logits"], mask, data,
+                                   global_valid_seqs, global_valid_toks)
+        metrics = dict(metrics)
+        metrics["draft_loss"] = float(draft.detach())
+        return policy_loss + self.loss_weight * draft, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-tokenizer distillation (single teacher; alignment and projection supplied)
+# --------------------------------------------------------------------------------------------------
+
+_CHUNK_EPS = 1e-10  # NeMo RL's eps in chunk averaging and renormalisation (x_token/loss_utils.py:127)
+
+
+def topk_projection_matrix(indices: torch.Tensor, likelihoods: torch.Tensor, teacher_vocab_size: int):
+    """Dense ``M [V_s, V_t]`` from a top-k projection: ``M[s, indices[s, j]] += likelihoods[s, j]``.
+
+    Negative ids (the ``-1`` "no mapping" sentinel) and ids ``>= teacher_vocab_size`` are dropped.
+    NeMo RL: ``get_sparse_projection_matrix`` (nemo_rl/algorithms/x_token/loss_utils.py:744-821)
+    builds the same matrix as sparse COO from the projection file.
+    """
+    indices, likelihoods = _check_projection(indices, likelihoods)
+    if not isinstance(teacher_vocab_size, int) or teacher_vocab_size < 1:
+        raise ValueError(f"teacher_vocab_size must be a positive int, got {teacher_vocab_size!r}")
+    V_s = indices.shape[0]
+    M = torch.zeros(V_s, teacher_vocab_size, dtype=torch.float32)
+    keep = (indices >= 0) & (indices < teacher_vocab_size)
+    rows = torch.arange(V_s)[:, None].expand_as(indices)
+    M.index_put_((rows[keep], indices[keep]), likelihoods[keep].float(), accumulate=True)
+    return M
+
+
+def _check_projection(indices, likelihoods):
+    if not isinstance(indices, torch.Tensor) or not isinstance(likelihoods, torch.Tensor):
+        raise TypeError("projection indices and likelihoods must be torch.Tensors")
+    if indices.dim() != 2 or indices.shape != likelihoods.shape:
+        raise ValueError(
+            f"projection indices and likelihoods must both be [V_student, top_k], got "
+            f"{tuple(indices.shape)} and {tuple(likelihoods.shape)}"
+        )
+    if indices.dtype.is_floating_point or not likelihoods.is_floating_point():
+        raise TypeError("projection indices must be integer and likelihoods floating")
+    return indices.long(), likelihoods
+
+
+def exact_token_map(indices, likelihoods, teacher_vocab_size: int, *, xtoken_loss: bool = False):
+    """Gold-loss vocabulary partition: paired common ids and the uncommon rest.
+
+    A student id ``s`` maps exactly to teacher id ``t`` (its highest-weight projection entry) when
+    ``xtoken_loss=False`` (strict): its top weight is exactly 1 and its second slot is the ``-1``
+    sentinel; several students on one ``t``: the lowest ``s`` wins. ``xtoken_loss=True`` (relaxed):
+    top weight ``>= 0.6``; on a collision the highest weight wins, ties to the lowest ``s``.
+    Returns ``{"common_student", "common_teacher", "uncommon_student", "uncommon_teacher"}`` (long
+    tensors; common pairs sorted by student id, uncommon ids ascending).
+
+    NeMo RL: ``build_exact_token_map`` (nemo_rl/algorithms/x_token/loss_utils.py:877-1001).
+    """
+    indices, likelihoods = _check_projection(indices, likelihoods)
+    _check_bool("xtoken_loss", xtoken_loss)
+    V_s = indices.shape[0]
+    order = torch.argsort(likelihoods, dim=-1, descending=True, stable=True)
+    top_w = likelihoods.gather(-1, order[:, :1]).squeeze(-1)
+    top_t = indices.gather(-1, order[:, :1]).squeeze(-1)
+    if xtoken_loss:
+        candidate = top_w >= 0.6
+    else:
+        no_second = indices[:, 1] == -1 if indices.shape[1] > 1 else torch.ones(V_s, dtype=torch.bool)
+        candidate = (top_w == 1.0) & no_second
+    candidate &= (top_t >= 0) & (top_t < teacher_vocab_size)
+    winner: dict[int, int] = {}
+    for s in torch.nonzero(candidate).flatten().tolist():  # ascending s: ties go to the lowest id
+        t = int(top_t[s])
+        if t not in winner or (xtoken_loss and float(top_w[s]) > float(top_w[winner[t]])):
+            winner[t] = s
+    pairs = sorted((s, t) for t, s in winner.items())
+    common_s = torch.tensor([s for s, _ in pairs], dtype=torch.long)
+    common_t = torch.tensor([t for _, t in pairs], dtype=torch.long)
+    s_mask = torch.ones(V_s, dtype=torch.bool)
+    s_mask[common_s] = False
+    t_mask = torch.ones(teacher_vocab_size, dtype=torch.bool)
+    t_mask[common_t] = False
+    return {
+        "common_student": common_s,
+        "common_teacher": common_t,
+        "uncommon_student": torch.nonzero(s_mask).flatten(),
+        "uncommon_teacher": torch.nonzero(t_mask).flatten(),
+    }
+
+
+def chunk_average(values: torch.Tensor, chunk_id: torch.Tensor, num_chunks: int):
+    """Per-chunk mean over positions: ``out[b, c] = sum_{t: id=c} v[b, t] / (n_bc + 1e-10)``.
+
+    ``values`` ``[B, T, V]``, ``chunk_id`` ``[B, T]`` in ``[-1, num_chunks)`` (``-1``: no chunk).
+    Returns ``([B, C, V], sizes [B, C])``. NeMo RL: ``chunk_average_log_probs``
+    (nemo_rl/algorithms/x_token/loss_utils.py:132-160).
+    """
+    if values.dim() != 3 or chunk_id.shape != values.shape[:2]:
+        raise ValueError(
+            f"chunk_id must be [B, T] matching values [B, T, V]; got {tuple(chunk_id.shape)} and "
+            f"{tuple(values.shape)}"
+        )
+    one_hot = (chunk_id.unsqueeze(-1) == torch.arange(num_chunks, device=values.device)).to(values.dtype)
+    sums = one_hot.transpose(1, 2) @ values
+    sizes = one_hot.sum(1)
+    return sums / (sizes.unsqueeze(-1) + _CHUNK_EPS), sizes
+
+
+def _shift_next(x: torch.Tensor, fill) -> torch.Tensor:
+    """``out[:, t] = x[:, t+1]``, last column ``fill`` (NeMo RL's ``cp_shift_next`` without CP)."""
+    out = torch.full_like(x, fill)
+    out[:, :-1] = x[:, 1:]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossTokenizerDistillationLossConfig:
+    """The single-teacher keys of NeMo RL's ``CrossTokenizerDistillationLossConfig``
+    (nemo_rl/algorithms/loss/loss_functions.py:1352-1443), defaults from
+    examples/configs/xtoken_off_policy_distillation.yaml:42-52.
+
+    Not here: the multi-teacher keys (``kd_loss_mode``, ``teacher_weights``, ``sum_weights_metric``,
+    ``alpha``, ``normalize_teacher_by_vocab``, per-teacher overrides) and the runtime-injected
+    projection paths and vocab sizes (the projection is passed to the constructor instead).
+    """
+
+    gold_loss: bool = False
+    xtoken_loss: bool = False
+    temperature: float = 1.0
+    vocab_topk: int = 8192
+    uncommon_topk: int = 8192
+    reverse_kl: bool = False
+    exact_token_match_only: bool = False
+    kl_loss_weight: float = 1.0
+    ce_loss_scale: float = 0.1
+    dynamic_loss_scaling: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("gold_loss", "xtoken_loss", "reverse_kl", "exact_token_match_only",
+                     "dynamic_loss_scaling"):
+            _check_bool(name, getattr(self, name))
+        if self.xtoken_loss and not self.gold_loss:
+            raise ValueError("xtoken_loss=True requires gold_loss=True (it modifies the gold-loss exact map)")
+        _check_number("temperature", self.temperature)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        for name in ("vocab_topk", "uncommon_topk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("kl_loss_weight", "ce_loss_scale"):
+            _check_number(name, getattr(self, name))
+
+
+class CrossTokenizerDistillationLoss:
+    r"""Distillation from a teacher with a different tokenizer, on aligned token *chunks*.
+
+    An aligner (out of scope here) cuts both tokenisations of the same text into ``C`` matching
+    chunks: ``student_chunk_id`` ``[B, T_s]``, ``teacher_chunk_id`` ``[B, T_t]`` (``-1`` = no chunk) and
+    ``pair_valid`` ``[B, C]``. Position ``t`` predicts token ``t+1``, so its distribution is averaged
+    into the chunk of token ``t+1`` (ids shifted left, last ``-1``). A chunk counts when both sides
+    are non-empty, ``pair_valid`` (and ``pair_is_correct`` with ``exact_token_match_only``) and
+    its row's ``sample_mask``; ``n`` = number of such chunks. ``T`` = temperature.
+
+    * P-KL (``gold_loss=False``): pick ``k = vocab_topk`` teacher ids with the largest max logit over
+      the micro-batch; ``q_s = chunkmean(softmax(z_s/T) M[:, ids])`` renormalised, ``log q_t =
+      chunkmean(log_softmax(z_t[..., ids]/T))``; ``KD = T^2 sum_chunks KL(q_t || q_s) / n``
+      (``KL(q_s || q_t)`` with ``reverse_kl``).
+    * gold (``gold_loss=True``): full-vocabulary ``log_softmax(z/T)`` chunk-averaged on both sides; KL on
+      the exact-mapped common ids (:func:`exact_token_map`) plus an L1 between the sorted
+      probabilities of the uncommon ids (top ``uncommon_topk``); ``KD = T^2 (KL_common + L1) / n``.
+    * ``CE`` = the student's next-token cross-entropy ``/ GT``; ``loss = kl_loss_weight * KD +
+      ce_loss_scale * CE``, or with ``dynamic_loss_scaling`` ``loss = sg(|CE| / |KD|) * KD + CE``.
+
+    ``projection`` is the top-k projection ``(indices, likelihoods)`` ``[V_s, top_k]`` (teacher ids,
+    ``-1`` = none). ``data``: ``input_ids``, ``token_mask`` ``[B, T_s]``, ``sample_mask``,
+    ``teacher_logits`` ``[B, T_t, V_t]``, ``student_chunk_id``, ``teacher_chunk_id``, ``pair_valid``
+    (``pair_is_correct`` if ``exact_token_match_only``).
+
+    NeMo RL: ``CrossTokenizerDistillationLossFn`` (nemo_rl/algorithms/loss/loss_functions.py:1463-2667),
+    single-teacher ``kd_loss_mode="sum"`` path: ``_compute_p_kl`` (2260), ``_compute_gold`` (2433),
+    ``_compute_ce`` (2647), combination in ``__call__`` (1668-1682). Out of scope: the token aligner
+    (nemo_rl/algorithms/x_token/token_aligner.py), projection-file parsing, multi-teacher
+    aggregation, the same-tokenizer teacher path, the IPC teacher-logit transport and TP/CP.
+    """
+
+    input_type = LossInputType.LOGIT
+    loss_type = LossType.TOKEN_LEVEL
+
+    def __init__(self, projection, teacher_vocab_size: int,
+                 config: CrossTokenizerDistillationLossConfig | Mapping | None = None, **overrides) -> None:
+        self.config = _build_config(CrossTokenizerDistillationLossConfig, config, overrides)
+        if not isinstance(projection, (tuple, list)) or len(projection) != 2:
+            raise TypeError("projection must be an (indices, likelihoods) pair of [V_student, top_k] tensors")
+        self.projection = topk_projection_matrix(projection[0], projection[1], teacher_vocab_size)
+        self.exact_map = exact_token_map(projection[0], projection[1], teacher_vocab_size,
+                                         xtoken_loss=self.config.xtoken_loss)
+        self.teacher_vocab_size = teacher_vocab_size
+
+    def __repr__(self) -> str:
+        V_s, V_t = self.projection.shape
+        return f"CrossTokenizerDistillationLoss({self.config}, V_s={V_s}, V_t={V_t})"
+
+    def _alignment(self, data, B, T_s, T_t):
+        sc, tc = data.get("student_chunk_id"), data.get("teacher_chunk_id")
+        pv = data.get("pair_valid")
+        for name, x, shape in (("student_chunk_id", sc, (B, T_s)), ("teacher_chunk_id", tc, (B, T_t))):
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape or x.dtype.is_floating_point:
+                raise ValueError(f"data[{name!r}] must be an integer {shape} tensor")
+        if not isinstance(pv, torch.Tensor) or pv.dim() != 2 or pv.shape[0] != B or pv.dtype != torch.bool:
+            raise ValueError(f"data['pair_valid'] must be a bool [B={B}, C] tensor")
+        if self.config.exact_token_match_only:
+            pc = data.get("pair_is_correct")
+            if not isinstance(pc, torch.Tensor) or pc.shape != pv.shape or pc.dtype != torch.bool:
+                raise ValueError(
+                    "exact_token_match_only needs data['pair_is_correct'] (bool, shaped like pair_valid)"
+                )
+            pv = pv & pc
+        return _shift_next(sc.long(), -1), _shift_next(tc.long(), -1), pv
+
+    def kd_term(self, logits, teacher_logits, data):
+        """``(KD, metrics)``: the P-KL or gold distillation term (already times ``T^2``)."""
+        cfg = self.config
+        T = cfg.temperature
+        B, T_s, V_s = logits.shape
+        if V_s != self.projection.shape[0]:
+            raise ValueError(f"logits vocab {V_s} != projection student vocab {self.projection.shape[0]}")
+        if teacher_logits.dim() != 3 or teacher_logits.shape[0] != B:
+            raise ValueError(
+                f"data['teacher_logits'] must be [B={B}, T_t, V_t], got {tuple(teacher_logits.shape)}"
+            )
+        if teacher_logits.shape[-1] < self.teacher_vocab_size:
+            raise ValueError(
+                f"data['teacher_logits'] vocab {teacher_logits.shape[-1]} < teacher_vocab_size "
+                f"{self.teacher_vocab_size}"
+            )
+        dtype = _compute_dtype(logits)
+        z_t = teacher_logits[..., : self.teacher_vocab_size].to(dtype)  # drop padded lm_head columns
+        sc, tc, pv = self._alignment(data, B, T_s, z_t.shape[1])
+        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        C = pv.shape[1]
+        log_p_s = torch.log_softmax(logits.to(dtype) / T, dim=-1)
+        if cfg.gold_loss:
+            log_p_t = torch.log_softmax(z_t / T, dim=-1)
+            s_chunks, s_sizes = chunk_average(log_p_s, sc, C)
+            t_chunks, t_sizes = chunk_average(log_p_t, tc, C)
+        else:
+            k = min(cfg.vocab_topk, self.teacher_vocab_size)
+            with torch.no_grad():
+                ids = torch.topk(z_t.reshape(-1, z_t.shape[-1]).max(0).values, k).indices.sort().values
+            projected = log_p_s.exp() @ self.projection[:, ids].to(dtype)
+            s_chunks, s_sizes = chunk_average(projected, sc, C)
+            t_chunks, t_sizes = chunk_average(torch.log_softmax(z_t[..., ids] / T, dim=-1), tc, C)
+            s_chunks = s_chunks / (s_chunks.sum(-1, keepdim=True) + _CHUNK_EPS)
+            s_chunks = (s_chunks + _CHUNK_EPS).log()
+        chunk_ok = (s_sizes > 0) & (t_sizes > 0) & pv
+        valid = chunk_ok & sm.bool()[:, None]
+        n = valid.sum().to(dtype)
+        zero = (logits.sum() * 0).to(dtype)
+        if float(n) == 0:
+            count = "num_valid_chunks" if cfg.gold_loss else "num_valid_pairs"
+            return zero, {"kl_loss": 0.0, "proj_accuracy": 0.0, count: 0}
+
+        def kl(s_log, t_log):  # per chunk, forward KL(t || s) or reverse KL(s || t)
+            if cfg.reverse_kl:
+                return (s_log.exp() * (s_log - t_log)).sum(-1)
+            return (t_log.exp() * (t_log - s_log)).sum(-1)
+
+        if cfg.gold_loss:
+            em = self.exact_map
+            cs, ct = s_chunks[..., em["common_student"]], t_chunks[..., em["common_teacher"]]
+            kl_common = (kl(cs, ct) * valid).sum() / n if cs.shape[-1] else zero
+            su = s_chunks[..., em["uncommon_student"]][valid].exp()
+            tu = t_chunks[..., em["uncommon_teacher"]][valid].exp()
+            m = min(su.shape[-1], tu.shape[-1], cfg.uncommon_topk)
+            if m > 0:
+                s_top = torch.sort(su, dim=-1, descending=True).values[:, :m]
+                t_top = torch.sort(tu, dim=-1, descending=True).values[:, :m]
+                l1 = (s_top - t_top).abs().sum() / n
+            else:
+                l1 = zero
+            kd = (kl_common + l1) * T * T
+            with torch.no_grad():
+                acc = float(((cs.argmax(-1) == ct.argmax(-1)) & valid).sum() / n) if cs.shape[-1] else 0.0
+            metrics = {"kl_loss": float(kd.detach()), "kl_common": float(kl_common.detach()),
+                       "l1_uncommon": float(l1.detach()), "proj_accuracy": acc, "num_valid_chunks": int(n)}
+        else:
+            kd = (kl(s_chunks, t_chunks) * valid).sum() / n * T * T
+            with torch.no_grad():
+                hit = (s_chunks.argmax(-1) == t_chunks.argmax(-1)) & chunk_ok
+                acc = float(hit.sum() / chunk_ok.sum().clamp(min=1))
+            metrics = {"kl_loss": float(kd.detach()), "proj_accuracy": acc, "num_valid_pairs": int(n)}
+        return kd, metrics
+
+    def ce_term(self, logits, data, global_valid_toks):
+        """Student next-token cross-entropy (no temperature) over ``token_mask[:, 1:] * sample_mask``."""
+        B, T_s, V = logits.shape
+        dtype = _compute_dtype(logits)
+        if "input_ids" not in data:
+            raise ValueError(f"data is missing the required key 'input_ids' (has: {sorted(data)})")
+        curr = next_token_logprobs(logits, data["input_ids"]).to(dtype)
+        tm = _get(data, "token_mask", (B, T_s), dtype, mask=True)[:, 1:]
+        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        GT = _count("global_valid_toks", global_valid_toks, dtype, logits.device)
+        return -(curr * tm * sm[:, None]).sum() / (GT + EPS)
+
+    def __call__(self, logits, data, global_valid_seqs, global_valid_toks):
+        cfg = self.config
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() != 3:
+            raise ValueError("logits must be a floating [B, T_s, V_s] tensor")
+        data = _check_data(data)
+        if "teacher_logits" not in data:
+            raise ValueError(f"data is missing the required key 'teacher_logits' (has: {sorted(data)})")
+        dtype = _compute_dtype(logits)
+        _count("global_valid_seqs", global_valid_seqs, dtype, logits.device)  # validated, unused
+        ce = self.ce_term(logits, data, global_valid_toks)
+        kd, kd_metrics = self.kd_term(logits, data["teacher_logits"], data)
+        if cfg.dynamic_loss_scaling:
+            kd_abs, ce_abs = kd.detach().abs(), ce.detach().abs()
+            scale = torch.where(kd_abs > 0, ce_abs / kd_abs, torch.ones_like(kd_abs))
+            loss = scale * kd + ce
+        else:
+            scale = torch.ones((), dtype=dtype)
+            loss = cfg.kl_loss_weight * kd + cfg.ce_loss_scale * ce
+        with torch.no_grad():
+            B = logits.shape[0]
+            tm = data["token_mask"].to(dtype)[:, 1:] * data["sample_mask"].to(dtype)[:, None]
+            hit = (logits[:, :-1].argmax(-1) == data["input_ids"][:, 1:]).to(dtype)
+            accuracy = float((hit * tm).sum() / tm.sum().clamp(min=1))
+        metrics = {
+            "loss": float(loss.detach()),
+            "kl_loss": float(kd.detach()),
+            "ce_loss": float(ce.detach()),
+            "kl_loss_scale": float(scale),
+            "accuracy": accuracy,
+            "num_valid_samples": int(B),
+        }
+        metrics.update({f"{k}_t0": v for k, v in kd_metrics.items()})
+        metrics["weight_t0"] = 1.0
+        return loss, metrics
