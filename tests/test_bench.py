@@ -194,7 +194,10 @@ def test_matmul_flops_and_validation():
 def test_peak_table_matches_nemo_rl_values_and_prefix_lookup():
     assert bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.5
     assert bench.peak_tflops("NVIDIA H100 80GB HBM3", torch.float32) == 67.0
-    assert bench.peak_tflops("NVIDIA H200 NVL") == 989.5
+    assert bench.peak_tflops("NVIDIA H200") == 989.5
+    # review G5: the NVL board has a lower dense peak, not the SXM part's (1,671 sparse / 2)
+    assert bench.peak_tflops("NVIDIA H200 NVL") == 835.5
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3 (MIG 1g.10gb)") == 989.5  # suffix: prefix match
     assert bench.peak_tflops("NVIDIA GB200") == 2450.0
     with pytest.raises(ValueError, match="no peak TFLOP/s"):
         bench.peak_tflops("NVIDIA GeForce RTX 4090")
@@ -308,3 +311,37 @@ def test_policy_gradient_logit_grad_validation():
         bench.policy_gradient_logit_grad(z, y, A, 0)
     with pytest.raises(ValueError, match="advantages"):
         bench.policy_gradient_logit_grad(z, y, torch.ones(3), 1.0)
+
+
+def test_nvml_details_degrade_without_nvml(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "pynvml":
+            raise ImportError("no pynvml")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert bench._nvml_details(0) == "NVML not available"
+
+
+def test_nvml_details_report_every_field(monkeypatch):
+    import sys
+    import types
+
+    class Err(Exception):
+        pass
+
+    fake = types.SimpleNamespace(
+        NVMLError=Err, NVML_CLOCK_SM=1, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: "h", nvmlSystemGetDriverVersion=lambda: b"570.1",
+        nvmlDeviceGetClockInfo=lambda h, c: 1755, nvmlDeviceGetMaxClockInfo=lambda h, c: 1980,
+        nvmlDeviceGetEnforcedPowerLimit=lambda h: 700000, nvmlDeviceGetMigMode=lambda h: (0, 0),
+        nvmlDeviceGetEccMode=lambda h: (_ for _ in ()).throw(Err()), nvmlDeviceGetCount=lambda: 8)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    line = bench._nvml_details(0)
+    assert line == ("driver 570.1, SM 1755/1980 MHz, power cap 700 W, MIG off, ECC n/a, "
+                    "8 GPU(s) visible to NVML")
+    fake.nvmlInit = lambda: (_ for _ in ()).throw(RuntimeError("no driver"))
+    assert bench._nvml_details(0) == "NVML query failed (RuntimeError)"

@@ -214,3 +214,23 @@ def test_launch_torchrun_validates_arguments(tmp_path):
     script.write_text("")
     with pytest.raises(ValueError, match="nproc_per_node"):
         D.launch_torchrun(script, nproc_per_node=0)
+
+
+def test_comm_timing_synchronises_cuda_tensors_only(monkeypatch):
+    """Review G6: a CUDA collective returns once enqueued, so the timer must synchronise around it."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+
+    class FakeCuda(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+    cpu = torch.zeros(2)
+    D._sync_if_cuda(cpu, False)
+    assert calls == []
+    fake = torch.zeros(2).as_subclass(FakeCuda)
+    D._sync_if_cuda(fake, True)      # asynchronous: not timed, not synchronised
+    assert calls == []
+    D._sync_if_cuda(fake, False)
+    assert len(calls) == 1

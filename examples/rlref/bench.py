@@ -8,7 +8,8 @@ Timing
 Throughput
     :func:`matmul_flops`, :func:`transformer_flops_per_token` (the analytic model-FLOPs count NeMo RL's
     FLOPs tracker uses for Llama-style models), :func:`tokens_per_sec`, :func:`mfu` and
-    :data:`PEAK_TFLOPS` (NeMo RL's dense peak table, nemo_rl/utils/flops_tracker.py:114-129).
+    :data:`PEAK_TFLOPS` (NeMo RL's dense peak table, nemo_rl/utils/flops_tracker.py:114-129, plus the
+    H200 NVL).
 Number formats
     :func:`float_format_table` (range, epsilon and precision of a dtype from ``torch.finfo``),
     :func:`smallest_subnormal`, :func:`logprobs_in_precision` and :func:`clip_fraction`.
@@ -68,11 +69,46 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown model"
 
 
+def _nvml_details(index: int) -> str:
+    """Driver, SM clock (current/max), power limit, MIG and ECC state and GPU count from NVML, or a
+    note saying NVML was not readable (``pynvml`` missing, no driver): the line degrades, never fails."""
+    try:
+        import pynvml  # shipped with torch's CUDA wheels as nvidia-ml-py; optional
+    except ImportError:
+        return "NVML not available"
+    try:
+        pynvml.nvmlInit()
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(index)
+            drv = pynvml.nvmlSystemGetDriverVersion()
+            drv = drv.decode() if isinstance(drv, bytes) else drv
+            sm = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
+            sm_max = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)
+            power = pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000
+            parts = [f"driver {drv}", f"SM {sm}/{sm_max} MHz", f"power cap {power:.0f} W"]
+            for label, fn in (("MIG", pynvml.nvmlDeviceGetMigMode), ("ECC", pynvml.nvmlDeviceGetEccMode)):
+                try:
+                    parts.append(f"{label} {'on' if fn(h)[0] else 'off'}")
+                except pynvml.NVMLError:
+                    parts.append(f"{label} n/a")
+            parts.append(f"{pynvml.nvmlDeviceGetCount()} GPU(s) visible to NVML")
+            return ", ".join(parts)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as e:  # any NVML failure: report it instead of failing the measurement
+        return f"NVML query failed ({type(e).__name__})"
+
+
 def environment_line(device: torch.device | str | None = None) -> str:
-    """One line to print beside every measured number: device, torch (and CUDA) version, UTC time."""
+    """One line to print beside every measured number: device, torch (and CUDA) version, UTC time.
+
+    On CUDA it adds the driver, SM clock (current/max), power cap, MIG/ECC state and GPU count from
+    NVML when ``pynvml`` can read them (results are compared against a boost-clock peak)."""
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type == "cuda":
-        name = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = (f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, "
+                f"{torch.cuda.device_count()} CUDA device(s), {_nvml_details(index)}")
     else:
         name = f"CPU {platform.machine()} ({_cpu_model()}), {torch.get_num_threads()} threads"
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -240,8 +276,9 @@ def paired_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
 # FLOPs, throughput and utilisation
 # --------------------------------------------------------------------------------------------------
 
-# Dense peak TFLOP/s per GPU, as NeMo RL's table lists them (nemo_rl/utils/flops_tracker.py:114-129):
-# the bf16 entries are half the vendor's with-sparsity figure. fp32 entries assume TF32 is off.
+# Dense peak TFLOP/s per GPU, as NeMo RL's table lists them (nemo_rl/utils/flops_tracker.py:114-129),
+# plus the H200 NVL: the bf16 entries are half the vendor's with-sparsity figure. fp32 entries assume
+# TF32 is off.
 PEAK_TFLOPS: dict[tuple[str, torch.dtype], float] = {
     ("NVIDIA A100 80GB PCIe", torch.bfloat16): 312.0,
     ("NVIDIA A100 80GB PCIe", torch.float32): 19.5,
@@ -249,6 +286,10 @@ PEAK_TFLOPS: dict[tuple[str, torch.dtype], float] = {
     ("NVIDIA H100 80GB HBM3", torch.float32): 67.0,
     ("NVIDIA H200", torch.bfloat16): 989.5,
     ("NVIDIA H200", torch.float32): 67.0,
+    # Not in NeMo RL's table (its exact lookup raises for this name): the H200 NVL board's datasheet
+    # lists 1,671 TFLOPS bf16 with sparsity (835.5 dense) and 60 TFLOPS fp32.
+    ("NVIDIA H200 NVL", torch.bfloat16): 835.5,
+    ("NVIDIA H200 NVL", torch.float32): 60.0,
     ("NVIDIA B200", torch.bfloat16): 2250.0,
     ("NVIDIA B200", torch.float32): 80.0,
     ("NVIDIA B300", torch.bfloat16): 2250.0,
@@ -264,7 +305,8 @@ def peak_tflops(device_name: str, dtype: torch.dtype = torch.bfloat16) -> float:
     """Dense peak TFLOP/s of one GPU from :data:`PEAK_TFLOPS`; ``ValueError`` for an unlisted device.
 
     Names are matched exactly first, then by prefix of the listed name (``torch.cuda.get_device_name``
-    may append a suffix, e.g. ``"NVIDIA H200 NVL"``); the longest listed name wins.
+    may append a suffix); the longest listed name wins, so ``"NVIDIA H200 NVL"`` gets its own, lower
+    entry and not the SXM part's 989.5.
     """
     if not isinstance(device_name, str):
         raise TypeError(f"device_name must be a str, got {type(device_name).__name__}")
@@ -331,8 +373,10 @@ def tokens_per_sec(num_tokens: float, seconds: float, num_gpus: int = 1) -> floa
 def mfu(flops: float, seconds: float, peak_tflops_per_gpu: float, num_gpus: int = 1) -> float:
     """Model FLOPs utilisation: ``(flops / seconds) / (num_gpus * peak)``, peak in TFLOP/s.
 
-    NeMo RL's ``train_fp_utilization`` is this ratio with the training FLOPs of the step, the
-    synchronised training time and the peak table summed over ranks.
+    NeMo RL's ``train_fp_utilization`` is this ratio with the training FLOPs of the step (counted on
+    the real sequence lengths), the peak table summed over ranks and, as the time, the Megatron
+    worker's synchronised ``train_elapsed_seconds`` or, on DTensor (which does not return it), the
+    driver's ``policy_training`` timer (nemo_rl/algorithms/utils.py:865-868).
     """
     if not (isinstance(flops, (int, float)) and flops >= 0):
         raise ValueError(f"flops must be a non-negative number, got {flops!r}")

@@ -205,7 +205,9 @@ def global_valid_counts(token_mask: torch.Tensor, sample_mask: torch.Tensor,
 @dataclass(frozen=True)
 class CommRecord:
     """One collective call: ``op`` in :data:`COLLECTIVES`, ``nbytes`` (``n`` of the module table),
-    ``seconds`` (wall time of a blocking call; None for an asynchronous one)."""
+    ``seconds`` (wall time of a blocking call, with the device synchronised before and after it when
+    the tensor is on a GPU, so that NCCL's queued work is counted and not only its enqueue; None for
+    an asynchronous one)."""
 
     op: str
     nbytes: int
@@ -220,6 +222,12 @@ _PATCHABLE = {
     "reduce_scatter_single": ("reduce_scatter", "input"),
     "reduce_scatter_tensor": ("reduce_scatter", "input"),
 }
+
+
+def _sync_if_cuda(t, async_op: bool) -> None:
+    """``torch.cuda.synchronize`` on the tensor's device (a CUDA collective returns once enqueued)."""
+    if not async_op and isinstance(t, torch.Tensor) and t.is_cuda:
+        torch.cuda.synchronize(t.device)
 
 
 @dataclass
@@ -271,8 +279,10 @@ class CommCounter:
             async_op = bool(kwargs.get("async_op", False))
             counter._local.depth = 1
             try:
+                _sync_if_cuda(t, async_op)
                 t0 = time.perf_counter()
                 out = fn(*args, **kwargs)
+                _sync_if_cuda(t, async_op)
                 dt = None if async_op else time.perf_counter() - t0
             finally:
                 counter._local.depth = 0
@@ -302,15 +312,18 @@ def ddp_counting_hook(counter: CommCounter):
     """A DDP communication hook that records each gradient bucket, then averages it (all-reduce / p).
 
     Register with ``ddp_model.register_comm_hook(None, ddp_counting_hook(counter))``. The all-reduce
-    is blocking inside the hook (so it can be timed); DDP's own hook overlaps it with backward.
+    is blocking inside the hook (so it can be timed; on a GPU the device is synchronised around it);
+    DDP's own hook overlaps it with backward.
     """
     if not isinstance(counter, CommCounter):
         raise TypeError(f"counter must be a CommCounter, got {type(counter).__name__}")
 
     def hook(state, bucket):
         buf = bucket.buffer()
+        _sync_if_cuda(buf, False)
         t0 = time.perf_counter()
         dist.all_reduce(buf)
+        _sync_if_cuda(buf, False)
         counter.add("all_reduce", tensor_bytes(buf), time.perf_counter() - t0)
         buf.div_(dist.get_world_size())
         fut = torch.futures.Future()

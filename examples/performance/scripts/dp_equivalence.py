@@ -168,8 +168,17 @@ def main() -> None:
     counts = torch.zeros(world, device=device)
     counts[rank] = local_toks
     dist.all_reduce(counts)
+    n_gpus = torch.cuda.device_count()
+    if use_cuda:
+        label = f"NCCL on {world} GPUs ({torch.cuda.get_device_name(device)})"
+    elif n_gpus:
+        # One GPU cannot host two NCCL ranks: what follows is gloo on the CPU even on a GPU machine.
+        label = f"gloo on the CPU ({n_gpus} GPU(s) visible, fewer than the {world} ranks NCCL needs)"
+    else:
+        label = "gloo on the CPU (no GPU)"
     result = {"backend": backend, "world_size": world, "tokens_per_rank": counts.tolist(),
-              "torch": torch.__version__, "device": str(device)}
+              "torch": torch.__version__, "device": str(device), "gpus_visible": n_gpus,
+              "backend_label": label}
     tensors = {}
     counter = CommCounter()
 
