@@ -20,9 +20,11 @@ float32, so results agree to float32 rounding (checked against NeMo RL's own out
 NeMo RL counterparts (commit 7ea279abf): ``calculate_baseline_and_std_per_prompt``
 (nemo_rl/algorithms/utils.py:104-198); ``GRPOAdvantageEstimator``, ``GDPOAdvantageEstimator``,
 ``ReinforcePlusPlusAdvantageEstimator``, ``RawRewardAdvantageEstimator``,
-``GeneralizedAdvantageEstimator`` (nemo_rl/algorithms/advantage_estimator.py:57, 101, 193, 270, 302;
-config class ``AdvEstimatorConfig`` at lines 44-54); advantage clipping and ``scale_rewards``
-(nemo_rl/algorithms/grpo.py:2302-2313 and 1831-1874).
+``GeneralizedAdvantageEstimator``, ``OPDAdvantageEstimator``
+(nemo_rl/algorithms/advantage_estimator.py:57, 101, 193, 270, 302, 551; config class
+``AdvEstimatorConfig`` at lines 44-54); advantage clipping and ``scale_rewards``
+(nemo_rl/algorithms/grpo.py:2302-2313 and 1831-1874); the OPD set-up checks and teacher padding
+(nemo_rl/algorithms/grpo.py:2273-2290 and 2227-2246).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ __all__ = [
     "gdpo_advantages",
     "grpo_advantages",
     "group_ids",
+    "opd_advantages",
+    "opd_loss_fn_recommendations",
+    "opd_metrics",
+    "pad_teacher_logprobs",
     "raw_reward_advantages",
     "reinforce_plus_plus_advantages",
     "scale_rewards",
@@ -68,18 +74,20 @@ def _tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def _check_prompt_ids(prompt_ids: object) -> torch.Tensor:
+def _check_prompt_ids(prompt_ids: object, allow_empty: bool = False) -> torch.Tensor:
     prompt_ids = _tensor("prompt_ids", prompt_ids)
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be a 2-D [B, L] tensor, got shape {tuple(prompt_ids.shape)}")
     if prompt_ids.is_floating_point() or prompt_ids.is_complex() or prompt_ids.dtype == torch.bool:
         raise TypeError(f"prompt_ids must be an integer tensor (token ids), got dtype {prompt_ids.dtype}")
-    if prompt_ids.shape[0] == 0:
+    if prompt_ids.shape[0] == 0 and not allow_empty:
         raise ValueError("prompt_ids is empty: the batch must hold at least one row")
     return prompt_ids
 
 
-def _check_rows(name: str, value: object, batch: int | None = None) -> torch.Tensor:
+def _check_rows(
+    name: str, value: object, batch: int | None = None, allow_empty: bool = False
+) -> torch.Tensor:
     """A floating ``[B]`` tensor (one value per row)."""
     value = _tensor(name, value)
     if not value.is_floating_point():
@@ -88,7 +96,7 @@ def _check_rows(name: str, value: object, batch: int | None = None) -> torch.Ten
         raise ValueError(
             f"{name} must be a 1-D [B] tensor (one value per row), got shape {tuple(value.shape)}"
         )
-    if value.shape[0] == 0:
+    if value.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty: the batch must hold at least one row")
     if batch is not None and value.shape[0] != batch:
         raise ValueError(
@@ -211,15 +219,18 @@ def baseline_and_std_per_prompt(
     still get a value from the same formula (their ``M`` row sums over all valid rows).
     ``std_rewards`` (DAPO passes the reward before shaping) changes only the std, not the baseline.
 
-    Returns ``(baseline [B], std [B])`` in the dtype of ``rewards``.
+    Returns ``(baseline [B], std [B])`` in the dtype of ``rewards``; an empty batch (``B = 0``) gives
+    two empty tensors, as in NeMo RL.
 
     NeMo RL: ``calculate_baseline_and_std_per_prompt`` (nemo_rl/algorithms/utils.py:104-198); config
     ``grpo.use_leave_one_out_baseline`` (``grpo.adv_estimator.use_leave_one_out_baseline``).
     """
-    prompt_ids = _check_prompt_ids(prompt_ids)
+    prompt_ids = _check_prompt_ids(prompt_ids, allow_empty=True)
     batch = prompt_ids.shape[0]
-    rewards = _check_rows("rewards", rewards, batch)
+    rewards = _check_rows("rewards", rewards, batch, allow_empty=True)
     _check_bool("leave_one_out_baseline", leave_one_out_baseline)
+    if batch == 0:
+        return rewards.clone(), rewards.clone()
     # Work in the rewards' own precision (at least fp32), as NeMo RL does: the float quirks match.
     work = rewards.dtype if rewards.dtype in (torch.float32, torch.float64) else torch.float32
     if valid_mask is None:
@@ -603,6 +614,129 @@ def gae_advantages(
         adv = (adv - mu) * torch.rsqrt(var + GAE_EPS)
     adv = adv * (m > 0)
     return adv.to(rewards.dtype), returns.to(rewards.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# On-policy distillation (OPD / MOPD)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_opd_inputs(mask, teacher_logprobs, prev_logprobs) -> torch.Tensor:
+    if teacher_logprobs is None:
+        raise ValueError("OPD requires teacher_logprobs ([B, S] teacher log-probs of the sampled tokens)")
+    if prev_logprobs is None:
+        raise ValueError("OPD requires prev_logprobs ([B, S] student log-probs from the training engine)")
+    mask = _tensor("mask", mask)
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be a 2-D [B, S] tensor, got shape {tuple(mask.shape)}")
+    mask = _check_mask("mask", mask, mask.shape[0])
+    _check_bsd("teacher_logprobs", teacher_logprobs, mask.shape)
+    _check_bsd("prev_logprobs", prev_logprobs, mask.shape)
+    return mask
+
+
+def opd_advantages(
+    mask: torch.Tensor, teacher_logprobs: torch.Tensor, prev_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """On-policy distillation advantage ``[B, S]``: ``A_t = sg[log pi_T(y_t) - log pi_S(y_t)] * m_t``.
+
+    ``pi_T`` is the teacher, ``pi_S`` the student (its training-engine log-probs). A per-token
+    advantage with no reward, no baseline and no normalisation: positive where the teacher
+    gives the sampled token more probability than the student did, zero at masked positions (the
+    mask's values multiply, so a fractional mask scales). Returned detached (the stop-gradient).
+
+    NeMo RL: ``OPDAdvantageEstimator.compute_advantage`` (nemo_rl/algorithms/advantage_estimator.py:551-611);
+    config ``grpo.adv_estimator.name: opd``. The prompt ids and rewards NeMo passes are unused there.
+    """
+    mask = _check_opd_inputs(mask, teacher_logprobs, prev_logprobs)
+    gap = (teacher_logprobs.to(_F64) - prev_logprobs.to(_F64)).detach()
+    return (gap * mask.to(_F64)).to(teacher_logprobs.dtype)
+
+
+def opd_metrics(
+    mask: torch.Tensor, teacher_logprobs: torch.Tensor, prev_logprobs: torch.Tensor
+) -> dict[str, float]:
+    """The three numbers NeMo RL logs for OPD, over the positions where ``mask != 0``.
+
+    ``teacher_student_logprob_gap_mean`` = mean of ``log pi_teacher - log pi_student``; ``adv_mean`` /
+    ``adv_std`` = mean / Bessel std of :func:`opd_advantages`; a mean over no position is 0, a std over
+    fewer than two is 0. Keys carry NeMo RL's ``on_policy_distillation/`` prefix.
+
+    NeMo RL: ``OPDAdvantageEstimator._compute_metrics`` (nemo_rl/algorithms/advantage_estimator.py:613-627),
+    read from ``last_metrics``.
+    """
+    mask = _check_opd_inputs(mask, teacher_logprobs, prev_logprobs)
+    valid = mask != 0
+    gap = (teacher_logprobs.to(_F64) - prev_logprobs.to(_F64)).detach()[valid]
+    adv = opd_advantages(mask, teacher_logprobs, prev_logprobs).to(_F64)[valid]
+    return {
+        "on_policy_distillation/teacher_student_logprob_gap_mean": float(gap.mean()) if gap.numel() else 0.0,
+        "on_policy_distillation/adv_mean": float(adv.mean()) if adv.numel() else 0.0,
+        "on_policy_distillation/adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+    }
+
+
+def opd_loss_fn_recommendations(
+    disable_ppo_ratio: bool,
+    use_importance_sampling_correction: bool,
+    truncated_importance_sampling_type: str | None,
+) -> list[str]:
+    """The ``loss_fn`` settings MOPD recommends that a config lacks (empty list when it has them all).
+
+    Recommended: ``disable_ppo_ratio: true`` (a REINFORCE-style loss), ``use_importance_sampling_correction:
+    true`` and ``truncated_importance_sampling_type: icepop`` (the hard gate on the
+    training/inference ratio). One message per missing setting, naming the key.
+
+    NeMo RL: the ``opd`` branch of ``_create_advantage_estimator`` (nemo_rl/algorithms/grpo.py:2273-2290)
+    issues these as ``warnings.warn`` at set-up; it does not refuse the config.
+    """
+    _check_bool("disable_ppo_ratio", disable_ppo_ratio)
+    _check_bool("use_importance_sampling_correction", use_importance_sampling_correction)
+    if truncated_importance_sampling_type is not None and not isinstance(
+        truncated_importance_sampling_type, str
+    ):
+        raise TypeError(
+            "truncated_importance_sampling_type must be a str or None, got "
+            f"{type(truncated_importance_sampling_type).__name__}"
+        )
+    out = []
+    if not disable_ppo_ratio:
+        out.append("OPD recommends loss_fn.disable_ppo_ratio: true (REINFORCE-style loss)")
+    if not use_importance_sampling_correction:
+        out.append("OPD recommends loss_fn.use_importance_sampling_correction: true")
+    if truncated_importance_sampling_type != "icepop":
+        out.append(
+            "OPD recommends loss_fn.truncated_importance_sampling_type: 'icepop' (hard gate), got "
+            f"{truncated_importance_sampling_type!r}"
+        )
+    return out
+
+
+def pad_teacher_logprobs(teacher_logprobs: torch.Tensor, train_seq_len: int) -> torch.Tensor:
+    """Right-pad teacher log-probs ``[B, S_t]`` with zeros to ``[B, train_seq_len]``.
+
+    ``S_t < train_seq_len``: zeros appended (harmless: the mask zeroes those positions in
+    :func:`opd_advantages`); ``S_t == train_seq_len``: returned unchanged; ``S_t > train_seq_len``:
+    ``ValueError`` (the teacher batch is longer than the training batch).
+
+    NeMo RL: ``_pad_teacher_logprobs`` (nemo_rl/algorithms/grpo.py:2227-2246).
+    """
+    teacher_logprobs = _tensor("teacher_logprobs", teacher_logprobs)
+    if teacher_logprobs.dim() != 2:
+        raise ValueError(
+            f"teacher_logprobs must be a 2-D [B, S] tensor, got shape {tuple(teacher_logprobs.shape)}"
+        )
+    if isinstance(train_seq_len, bool) or not isinstance(train_seq_len, int):
+        raise TypeError(f"train_seq_len must be an int, got {type(train_seq_len).__name__}")
+    s_t = teacher_logprobs.shape[1]
+    if s_t > train_seq_len:
+        raise ValueError(
+            f"teacher_logprobs seq length ({s_t}) > train_seq_len ({train_seq_len}): the teacher batch "
+            "must not be longer than the training batch"
+        )
+    if s_t == train_seq_len:
+        return teacher_logprobs
+    return torch.nn.functional.pad(teacher_logprobs, (0, train_seq_len - s_t), value=0.0)
 
 
 # --------------------------------------------------------------------------------------------------
