@@ -22,6 +22,10 @@ from rlref.advantages import (
     gdpo_advantages,
     group_ids,
     grpo_advantages,
+    opd_advantages,
+    opd_loss_fn_recommendations,
+    opd_metrics,
+    pad_teacher_logprobs,
     raw_reward_advantages,
     reinforce_plus_plus_advantages,
     scale_rewards,
@@ -550,3 +554,41 @@ def test_equal_non_dyadic_others_give_zero_std_not_round_off(group, dtype, first
     adv = grpo_advantages(torch.zeros(len(group), 1, dtype=torch.long), rewards, torch.ones(len(group), 3))
     assert adv[0, 0].item() == pytest.approx(first, rel=1e-6)
     assert torch.all(adv.abs() < 10)
+
+
+# --------------------------------------------------------------------------------------------------
+# On-policy distillation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_opd_advantage_is_the_masked_teacher_student_gap_and_carries_no_gradient():
+    teacher = t([[-0.5, -1.0, -2.0]]).requires_grad_(True)
+    student = t([[-1.0, -1.0, -0.5]]).requires_grad_(True)
+    adv = opd_advantages(t([[1.0, 0.5, 0.0]]), teacher, student)
+    close(adv, [[0.5, 0.0, 0.0]])
+    assert not adv.requires_grad
+    m = opd_metrics(t([[1.0, 1.0, 0.0]]), teacher, student)
+    assert m["on_policy_distillation/adv_mean"] == pytest.approx(0.25)
+    assert m["on_policy_distillation/adv_std"] == pytest.approx(math.sqrt(0.125))
+    none_valid = opd_metrics(torch.zeros(1, 3), teacher, student)
+    assert set(none_valid.values()) == {0.0}
+
+
+def test_opd_validation():
+    with pytest.raises(ValueError, match="OPD requires teacher_logprobs"):
+        opd_advantages(torch.ones(1, 2), None, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="OPD requires prev_logprobs"):
+        opd_advantages(torch.ones(1, 2), torch.zeros(1, 2), None)
+    with pytest.raises(ValueError, match=r"prev_logprobs must have the shape of mask \(1, 2\)"):
+        opd_advantages(torch.ones(1, 2), torch.zeros(1, 2), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"mask must be a 2-D \[B, S\] tensor"):
+        opd_metrics(torch.ones(2), torch.zeros(2), torch.zeros(2))
+    with pytest.raises(TypeError, match="disable_ppo_ratio must be a bool"):
+        opd_loss_fn_recommendations(1, True, "icepop")
+    with pytest.raises(TypeError, match="truncated_importance_sampling_type must be a str or None"):
+        opd_loss_fn_recommendations(True, True, 3)
+    assert len(opd_loss_fn_recommendations(True, True, None)) == 1
+    with pytest.raises(TypeError, match="train_seq_len must be an int"):
+        pad_teacher_logprobs(torch.zeros(1, 2), 3.0)
+    with pytest.raises(ValueError, match=r"teacher_logprobs must be a 2-D"):
+        pad_teacher_logprobs(torch.zeros(2), 3)
