@@ -326,9 +326,14 @@ def rollout(policy: nn.Module, problems: Sequence[Problem], num_generations_per_
         raise ValueError(f"num_generations_per_prompt must be a positive int, got {G!r}")
     model = policy if generation_model is None else generation_model
     rows = [p for p in problems for _ in range(G)]
-    ids, tm, glp, rlen, trunc = generate(
-        model, [p.prompt for p in rows], [p.max_new_tokens for p in rows], temperature, generator
-    )
+    generated = generate(model, [p.prompt for p in rows], [p.max_new_tokens for p in rows], temperature,
+                         generator)
+    return score_rollout(rows, *generated)
+
+
+def score_rollout(rows: Sequence[Problem], ids: torch.Tensor, tm: torch.Tensor, glp: torch.Tensor,
+                  rlen: torch.Tensor, trunc: torch.Tensor) -> RolloutBatch:
+    """Score what :func:`generate` returned for the problems ``rows`` (one per row) into a RolloutBatch."""
     device = ids.device
     plen = torch.tensor([len(p.prompt) for p in rows])
     responses = [r[pl : pl + n] for r, pl, n in zip(ids.tolist(), plen.tolist(), rlen.tolist(), strict=False)]

@@ -304,6 +304,11 @@ def train_step(policy: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, inp
         if m["lab/stop"]:
             break
     optimizer.zero_grad(set_to_none=True)
+    return _combine_global_batches(per_gb)
+
+
+def _combine_global_batches(per_gb: list[dict[str, float]]) -> dict[str, float]:
+    """One step's metrics from its global batches: flags and counts max/sum, extrema min/max, else mean."""
     out = {}
     for k in per_gb[0]:
         vals = [g[k] for g in per_gb if k in g]
@@ -508,6 +513,57 @@ def _record_step(history: History, metrics: dict, nonfinite_stop: bool, callback
     return True
 
 
+def _grpo_advantages(cfg: GRPOConfig, loss_cfg, batch: RolloutBatch, mask: torch.Tensor,
+                     prev: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The step's advantages by ``cfg.adv_estimator``, then ``clip_advantages``."""
+    if cfg.adv_estimator == "grpo":
+        a = adv.grpo_advantages(batch.prompt_ids, batch.rewards, mask,
+                                normalize_rewards=cfg.normalize_rewards,
+                                use_leave_one_out_baseline=cfg.use_leave_one_out_baseline)
+    elif cfg.adv_estimator == "gdpo":
+        weights = None if cfg.reward_weights is None else list(cfg.reward_weights)
+        a = adv.gdpo_advantages(batch.prompt_ids, batch.reward_components, mask,
+                                normalize_rewards=cfg.normalize_rewards,
+                                use_leave_one_out_baseline=cfg.use_leave_one_out_baseline,
+                                reward_weights=weights)
+    else:
+        a = adv.reinforce_plus_plus_advantages(
+            batch.prompt_ids, batch.rewards, mask, minus_baseline=cfg.minus_baseline,
+            use_kl_in_reward=bool(getattr(loss_cfg, "use_kl_in_reward", False)),
+            reference_policy_kl_penalty=float(getattr(loss_cfg, "reference_policy_kl_penalty", 0.01)),
+            reference_policy_kl_type=getattr(loss_cfg, "reference_policy_kl_type", "k3"),
+            logprobs_policy=prev, logprobs_reference=ref)
+    return adv.clip_advantages(a, cfg.advantage_clip_low, cfg.advantage_clip_high)
+
+
+def _grpo_step_metrics(metrics: dict, batch: RolloutBatch, a: torch.Tensor, mask: torch.Tensor,
+                       tm: Mapping[str, float], step: int) -> int:
+    """Add a GRPO step's batch and train-step metrics to ``metrics``; returns the step's token count."""
+    valid = mask[:, 1:] > 0
+    av = a[:, 1:][valid]
+    n_tokens = int((batch.prompt_lengths + batch.response_lengths).sum())
+    metrics.update({f"train/{k}": v for k, v in tm.items() if not k.startswith("lab/")})
+    metrics.update({k: v for k, v in tm.items() if k.startswith("lab/")})
+    metrics.update({
+        "train/reward": float(batch.rewards.float().mean()),
+        "train/advantages/mean": float(av.mean()) if av.numel() else 0.0,
+        "train/advantages/max": float(av.max()) if av.numel() else 0.0,
+        "train/advantages/min": float(av.min()) if av.numel() else 0.0,
+        "train/mean_prompt_length": float(batch.prompt_lengths.float().mean()),
+        "train/total_num_tokens": float(n_tokens),
+        "train/mean_gen_tokens_per_sample": float(batch.response_lengths.float().mean()),
+        "train/max_gen_tokens_per_sample": float(batch.response_lengths.max()),
+        "train/natural_termination_rate": float((~batch.truncated).float().mean()),
+        "train/truncation_rate": float(batch.truncated.float().mean()),
+        "lab/accuracy": float(batch.correct.float().mean()),
+        "lab/zero_std_frac": float((_group_std(batch) == 0).float().mean()),
+        "lab/step": float(step),
+    })
+    for name, values in batch.reward_components.items():
+        metrics[f"lab/{name}"] = float(values.float().mean())
+    return n_tokens
+
+
 def grpo_train(policy: nn.Module, task: Task | None, config: GRPOConfig | None = None, *,
                prompt_sampler: PromptSource | None = None,
                callback: Callable[[int, dict, nn.Module], bool | None] | None = None,
@@ -631,24 +687,7 @@ def _grpo_train(policy: nn.Module, task: Task | None, cfg: GRPOConfig, *, prompt
 
         t0 = time.perf_counter()
         mask = batch.token_mask * batch.sample_mask[:, None]
-        if cfg.adv_estimator == "grpo":
-            a = adv.grpo_advantages(batch.prompt_ids, batch.rewards, mask,
-                                    normalize_rewards=cfg.normalize_rewards,
-                                    use_leave_one_out_baseline=cfg.use_leave_one_out_baseline)
-        elif cfg.adv_estimator == "gdpo":
-            weights = None if cfg.reward_weights is None else list(cfg.reward_weights)
-            a = adv.gdpo_advantages(batch.prompt_ids, batch.reward_components, mask,
-                                    normalize_rewards=cfg.normalize_rewards,
-                                    use_leave_one_out_baseline=cfg.use_leave_one_out_baseline,
-                                    reward_weights=weights)
-        else:
-            a = adv.reinforce_plus_plus_advantages(
-                batch.prompt_ids, batch.rewards, mask, minus_baseline=cfg.minus_baseline,
-                use_kl_in_reward=bool(getattr(loss_cfg, "use_kl_in_reward", False)),
-                reference_policy_kl_penalty=float(getattr(loss_cfg, "reference_policy_kl_penalty", 0.01)),
-                reference_policy_kl_type=getattr(loss_cfg, "reference_policy_kl_type", "k3"),
-                logprobs_policy=prev, logprobs_reference=ref)
-        a = adv.clip_advantages(a, cfg.advantage_clip_low, cfg.advantage_clip_high)
+        a = _grpo_advantages(cfg, loss_cfg, batch, mask, prev, ref)
         metrics["timing/train/advantage_calculation"] = time.perf_counter() - t0
 
         data = batch.data()
@@ -663,30 +702,11 @@ def _grpo_train(policy: nn.Module, task: Task | None, cfg: GRPOConfig, *, prompt
         total = time.perf_counter() - t_step
         metrics["timing/train/total_step_time"] = total
 
-        valid = mask[:, 1:] > 0
-        av = a[:, 1:][valid]
-        n_tokens = int((batch.prompt_lengths + batch.response_lengths).sum())
-        metrics.update({f"train/{k}": v for k, v in tm.items() if not k.startswith("lab/")})
-        metrics.update({k: v for k, v in tm.items() if k.startswith("lab/")})
+        n_tokens = _grpo_step_metrics(metrics, batch, a, mask, tm, step)
         metrics.update({
-            "train/reward": float(batch.rewards.float().mean()),
-            "train/advantages/mean": float(av.mean()) if av.numel() else 0.0,
-            "train/advantages/max": float(av.max()) if av.numel() else 0.0,
-            "train/advantages/min": float(av.min()) if av.numel() else 0.0,
-            "train/mean_prompt_length": float(batch.prompt_lengths.float().mean()),
-            "train/total_num_tokens": float(n_tokens),
-            "train/mean_gen_tokens_per_sample": float(batch.response_lengths.float().mean()),
-            "train/max_gen_tokens_per_sample": float(batch.response_lengths.max()),
-            "train/natural_termination_rate": float((~batch.truncated).float().mean()),
-            "train/truncation_rate": float(batch.truncated.float().mean()),
-            "lab/accuracy": float(batch.correct.float().mean()),
-            "lab/zero_std_frac": float((_group_std(batch) == 0).float().mean()),
-            "lab/step": float(step),
             "performance/tokens_per_sec": n_tokens / total if total > 0 else math.nan,
             "performance/generation_tokens_per_sec": n_tokens / gen_time if gen_time > 0 else math.nan,
         })
-        for name, values in batch.reward_components.items():
-            metrics[f"lab/{name}"] = float(values.float().mean())
         if _record_step(history, metrics, tm["lab/stop"], callback, step, policy):
             break
     else:
