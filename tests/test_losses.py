@@ -12,15 +12,25 @@ import torch.nn.functional as F
 from rlref.losses import (
     ClippedPGLoss,
     ClippedPGLossConfig,
+    CrossTokenizerDistillationLoss,
+    DistillationLoss,
     DPOLoss,
     DPOLossConfig,
+    DraftCrossEntropyLoss,
+    DraftLossWrapper,
     LossInputType,
     LossType,
     MseValueLoss,
     MseValueLossConfig,
     NLLLoss,
+    PreferenceLoss,
+    chunk_average,
     critic_explained_variance,
+    distillation_topk_logprobs,
+    draft_loss_inputs,
+    exact_token_map,
     next_token_logprobs,
+    topk_projection_matrix,
 )
 
 NEMO_DEFAULTS = {
@@ -664,3 +674,253 @@ def test_value_loss_input_errors():
     with pytest.raises(ValueError, match="metrics is missing"):
         critic_explained_variance({"returns_mean": 0.0})
     assert MseValueLossConfig() == MseValueLoss().config
+
+
+# --------------------------------------------------------------------------------------------------
+# PreferenceLoss
+# --------------------------------------------------------------------------------------------------
+
+
+def test_preference_loss_is_bradley_terry_over_chosen_pairs():
+    r = torch.tensor([2.0, 0.5, -1.0, 1.0, 3.0, 3.0], dtype=torch.float64)
+    sm = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    loss, m = PreferenceLoss()(r.unsqueeze(-1), {"sample_mask": sm}, 4, None)
+    expected = (-F.logsigmoid(torch.tensor(1.5)) - F.logsigmoid(torch.tensor(-2.0))) / 2
+    assert float(loss) == pytest.approx(float(expected))
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["rewards_chosen_mean"] == pytest.approx((2.0 - 1.0) / 2)
+    assert m["rewards_rejected_mean"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["num_valid_samples"] == 2.0
+    x = r.clone().requires_grad_(True)
+    PreferenceLoss()(x, {"sample_mask": sm}, 4, None)[0].backward()
+    assert x.grad[4] == 0 and x.grad[0] == pytest.approx(-float(torch.sigmoid(torch.tensor(-1.5))) / 2)
+
+
+def test_preference_loss_input_errors():
+    with pytest.raises(ValueError, match="even number of rows"):
+        PreferenceLoss()(torch.zeros(3), {"sample_mask": torch.ones(3)}, 2, None)
+    with pytest.raises(ValueError, match=r"must be \[B\] or \[B, 1\]"):
+        PreferenceLoss()(torch.zeros(2, 3), {"sample_mask": torch.ones(2)}, 2, None)
+    with pytest.raises(ValueError, match="missing the required key 'sample_mask'"):
+        PreferenceLoss()(torch.zeros(2), {}, 2, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# DistillationLoss
+# --------------------------------------------------------------------------------------------------
+
+
+def distill_batch(k=3, V=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(V, generator=g)[:k] for _ in range(2 * 4)]).reshape(2, 4, k)
+    data = {"teacher_topk_logits": torch.randn(2, 4, k, generator=g, dtype=torch.float64),
+            "teacher_topk_indices": ids, "token_mask": torch.ones(2, 4, dtype=torch.float64),
+            "sample_mask": torch.ones(2, dtype=torch.float64)}
+    return torch.randn(2, 4, V, generator=g, dtype=torch.float64), data
+
+
+def test_distillation_full_topk_equals_exact_kl_and_zero_at_teacher():
+    V = 6
+    logits, data = distill_batch(k=V)
+    data["teacher_topk_indices"] = torch.arange(V).expand(2, 4, V)
+    teacher = data["teacher_topk_logits"]
+    gt = 6.0
+    p_t = torch.softmax(teacher[:, :-1], -1)
+    p_s = torch.softmax(logits[:, :-1], -1)
+    fwd = (p_t * (p_t.log() - p_s.log())).sum() / gt
+    rev = (p_s * (p_s.log() - p_t.log())).sum() / gt
+    for z in (False, True):  # with all V ids, zero_outside_topk changes nothing (P_rest = H_rest = 0)
+        f, _ = DistillationLoss(kl_type="forward", zero_outside_topk=z)(logits, data, 2, gt)
+        r, _ = DistillationLoss(kl_type="reverse", zero_outside_topk=z)(logits, data, 2, gt)
+        mixed = DistillationLoss(kl_type="mixed", mixed_kl_weight=0.25, zero_outside_topk=z)
+        m, _ = mixed(logits, data, 2, gt)
+        assert float(f) == pytest.approx(float(fwd), rel=1e-8)
+        assert float(r) == pytest.approx(float(rev), rel=1e-8)
+        assert float(m) == pytest.approx(0.25 * float(fwd) + 0.75 * float(rev), rel=1e-8)
+    same, _ = DistillationLoss(kl_type="mixed")(teacher, data, 2, gt)
+    assert abs(float(same)) < 1e-12
+
+
+def test_distillation_zero_outside_topk_reverse_charges_mass_outside():
+    logits, data = distill_batch(k=2)
+    s, t, h = distillation_topk_logprobs(logits, data["teacher_topk_logits"], data["teacher_topk_indices"],
+                                         zero_outside_topk=True, calculate_entropy=True)
+    p_full = torch.softmax(logits[:, :-1], -1)
+    torch.testing.assert_close(h, (p_full * p_full.log()).sum(-1))
+    ps = s.exp()
+    per_tok = (ps * (s - t)).sum(-1) + (h - (ps * s).sum(-1)) + 100.0 * (1 - ps.sum(-1))
+    loss, _ = DistillationLoss(kl_type="reverse", zero_outside_topk=True)(logits, data, 2, 6.0)
+    assert float(loss) == pytest.approx(float(per_tok.sum() / 6.0), rel=1e-8)
+    # masking: the last column of token_mask[:, 1:] and the second row drop out
+    data["token_mask"][:, -1] = 0
+    data["sample_mask"][1] = 0
+    loss, _ = DistillationLoss(kl_type="reverse", zero_outside_topk=True)(logits, data, 1, 2.0)
+    assert float(loss) == pytest.approx(float(per_tok[0, :2].sum() / 2.0), rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [({"kl_type": "js"}, ValueError, "kl_type must be one of"),
+     ({"mixed_kl_weight": 1.5}, ValueError, r"mixed_kl_weight must lie in \[0, 1\]"),
+     ({"zero_outside_topk": 1}, TypeError, "zero_outside_topk must be a bool"),
+     ({"topk": 3}, TypeError, "unknown DistillationLossConfig key")],
+)
+def test_distillation_config_validation(overrides, error, match):
+    with pytest.raises(error, match=match):
+        DistillationLoss(**overrides)
+
+
+def test_distillation_input_errors():
+    logits, data = distill_batch()
+    with pytest.raises(ValueError, match="missing the required key 'teacher_topk_indices'"):
+        DistillationLoss()(logits, {k: v for k, v in data.items() if k != "teacher_topk_indices"}, 2, 6)
+    with pytest.raises(ValueError, match=r"teacher_topk_indices must lie in \[0, 6\)"):
+        DistillationLoss()(logits, {**data, "teacher_topk_indices": data["teacher_topk_indices"] + 6}, 2, 6)
+    with pytest.raises(TypeError, match="teacher_topk_indices must be an integer tensor"):
+        as_float = data["teacher_topk_indices"].double()
+        DistillationLoss()(logits, {**data, "teacher_topk_indices": as_float}, 2, 6)
+    with pytest.raises(ValueError, match="H_all must be a"):
+        DistillationLoss(kl_type="reverse", zero_outside_topk=True).from_topk_logprobs(
+            torch.zeros(2, 3, 2), torch.zeros(2, 3, 2), None, data, 2, 6)
+
+
+# --------------------------------------------------------------------------------------------------
+# DraftCrossEntropyLoss / DraftLossWrapper
+# --------------------------------------------------------------------------------------------------
+
+
+def test_draft_inputs_shift_left_and_map_the_draft_vocab():
+    logits = torch.arange(2 * 3 * 4, dtype=torch.float64).reshape(2, 3, 4)
+    tm = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    teacher, mask = draft_loss_inputs(logits, tm)
+    torch.testing.assert_close(teacher[:, :2], logits[:, 1:])
+    assert teacher[:, 2].abs().sum() == 0
+    assert mask.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    d2t = torch.tensor([1, 1])  # draft ids 0, 1 -> policy ids 1, 2
+    teacher, _ = draft_loss_inputs(logits, tm, d2t)
+    torch.testing.assert_close(teacher[:, :2], logits[:, 1:, 1:3])
+    with pytest.raises(ValueError, match="outside the policy vocabulary"):
+        draft_loss_inputs(logits, tm, torch.tensor([3, 3]))
+
+
+def test_draft_soft_ce_value_and_gradient_match_forward_kl():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
+    student = torch.randn(2, 3, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    tm = torch.ones(2, 3, dtype=torch.float64)
+    data = {"sample_mask": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    loss = DraftCrossEntropyLoss()(teacher, student, tm, data, 1, 3.0)
+    p_t = torch.softmax(teacher, -1)
+    ce = -(p_t * torch.log_softmax(student.detach(), -1)).sum(-1)
+    assert loss.item() == pytest.approx(float(ce[0].sum() / 3.0), rel=1e-8)
+    loss.backward()
+    torch.testing.assert_close(student.grad[0], (torch.softmax(student.detach()[0], -1) - p_t[0]) / 3.0)
+    assert student.grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="must have the same shape"):
+        DraftCrossEntropyLoss()(teacher, student[..., :4], tm, data, 1, 3.0)
+
+
+def test_draft_loss_wrapper_with_a_logprob_policy_loss():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 4, 5, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 5, (1, 4), generator=g)
+    data = {"input_ids": ids, "token_mask": torch.tensor([[0.0, 1.0, 1.0, 1.0]], dtype=torch.float64),
+            "sample_mask": torch.ones(1, dtype=torch.float64),
+            "student_logits": torch.randn(1, 4, 5, generator=g, dtype=torch.float64)}
+    nll, _ = NLLLoss()(next_token_logprobs(logits, ids), data, 1, 3.0)
+    loss, m = DraftLossWrapper(NLLLoss(), loss_weight=0.1)(logits, data, 1, 3.0)
+    teacher, mask = draft_loss_inputs(logits, data["token_mask"])
+    draft = DraftCrossEntropyLoss()(teacher, data["student_logits"], mask, data, 1, 3.0)
+    assert float(loss) == pytest.approx(float(nll) + 0.1 * float(draft), rel=1e-12)
+    assert m["draft_loss"] == pytest.approx(float(draft))
+    with pytest.raises(ValueError, match="global_valid_toks is required"):
+        DraftLossWrapper(NLLLoss())(logits, data, 1, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# CrossTokenizerDistillationLoss
+# --------------------------------------------------------------------------------------------------
+
+
+def identity_projection(V):
+    ind = torch.full((V, 2), -1, dtype=torch.long)
+    ind[:, 0] = torch.arange(V)
+    lik = torch.zeros(V, 2)
+    lik[:, 0] = 1.0
+    return ind, lik
+
+
+def ct_batch(V=5, T=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (1, T), generator=g)
+    chunk = torch.arange(T).unsqueeze(0)
+    return torch.randn(1, T, V, generator=g, dtype=torch.float64), {
+        "input_ids": ids, "token_mask": torch.ones(1, T, dtype=torch.float64),
+        "sample_mask": torch.ones(1, dtype=torch.float64),
+        "teacher_logits": torch.randn(1, T, V, generator=g, dtype=torch.float64),
+        "student_chunk_id": chunk, "teacher_chunk_id": chunk.clone(),
+        "pair_valid": torch.ones(1, T, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("gold", [False, True])
+def test_cross_tokenizer_with_identical_tokenizers_is_the_per_token_kl(gold):
+    """Identity projection, one token per chunk: both paths are T^2 KL(teacher || student) per position."""
+    V, T_ = 5, 2.0
+    logits, data = ct_batch(V)
+    fn = CrossTokenizerDistillationLoss(identity_projection(V), V, gold_loss=gold, temperature=T_,
+                                        vocab_topk=V, dynamic_loss_scaling=False, ce_loss_scale=0.0)
+    kd, m = fn.kd_term(logits, data["teacher_logits"], data)
+    p_t = torch.softmax(data["teacher_logits"][:, :-1] / T_, -1)
+    p_s = torch.softmax(logits[:, :-1] / T_, -1)
+    expected = T_ * T_ * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
+    assert float(kd) == pytest.approx(float(expected), rel=1e-6)
+    if gold:
+        assert m["l1_uncommon"] == 0.0 and m["num_valid_chunks"] == 3
+    loss, metrics = fn(logits, data, 1, 3.0)
+    assert float(loss) == pytest.approx(float(kd))  # ce_loss_scale = 0
+    assert metrics["kl_loss_t0"] == pytest.approx(float(kd)) and metrics["weight_t0"] == 1.0
+
+
+def test_cross_tokenizer_dynamic_scaling_matches_ce_magnitude():
+    logits, data = ct_batch()
+    fn = CrossTokenizerDistillationLoss(identity_projection(5), 5, dynamic_loss_scaling=True)
+    loss, m = fn(logits, data, 1, 3.0)
+    assert m["kl_loss_scale"] == pytest.approx(m["ce_loss"] / m["kl_loss"])
+    assert float(loss) == pytest.approx(2 * m["ce_loss"])
+
+
+def test_cross_tokenizer_chunking_averages_positions():
+    """Two student tokens in one chunk: the student side is the mean of the two distributions."""
+    V = 3
+    logits = torch.randn(1, 3, V, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    teacher = torch.randn(1, 2, V, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    data = {"sample_mask": torch.ones(1, dtype=torch.float64), "student_chunk_id": torch.tensor([[-1, 0, 0]]),
+            "teacher_chunk_id": torch.tensor([[-1, 0]]), "pair_valid": torch.ones(1, 1, dtype=torch.bool)}
+    fn = CrossTokenizerDistillationLoss(identity_projection(V), V, vocab_topk=V)
+    kd, m = fn.kd_term(logits, teacher, data)
+    q_s = torch.softmax(logits[0, :2], -1).mean(0)
+    log_q_t = torch.log_softmax(teacher[0, 0], -1)
+    expected = (log_q_t.exp() * (log_q_t - q_s.log())).sum()
+    assert float(kd) == pytest.approx(float(expected), rel=1e-6)
+    assert m["num_valid_pairs"] == 1
+    avg, sizes = chunk_average(torch.ones(1, 3, 2), torch.tensor([[0, 0, -1]]), 2)
+    assert sizes.tolist() == [[2.0, 0.0]]
+
+
+def test_cross_tokenizer_validation():
+    with pytest.raises(ValueError, match="xtoken_loss=True requires gold_loss=True"):
+        CrossTokenizerDistillationLoss(identity_projection(3), 3, xtoken_loss=True)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        CrossTokenizerDistillationLoss(identity_projection(3), 3, temperature=0.0)
+    with pytest.raises(TypeError, match="projection must be an"):
+        CrossTokenizerDistillationLoss(torch.zeros(3, 3), 3)
+    logits, data = ct_batch(V=3)
+    fn = CrossTokenizerDistillationLoss(identity_projection(3), 3)
+    with pytest.raises(ValueError, match="pair_valid"):
+        fn(logits, {**data, "pair_valid": data["pair_valid"].long()}, 1, 3.0)
+    with pytest.raises(ValueError, match="exact_token_match_only needs"):
+        exact_only = CrossTokenizerDistillationLoss(identity_projection(3), 3, exact_token_match_only=True)
+        exact_only(logits, data, 1, 3.0)
+    M = topk_projection_matrix(*identity_projection(3), 3)
+    torch.testing.assert_close(M, torch.eye(3))
+    assert exact_token_map(*identity_projection(3), 3)["uncommon_student"].numel() == 0
