@@ -8,6 +8,7 @@
 - ``docs-live``: rebuild and reload the site on every save (sphinx-autobuild).
 - ``linkcheck``: check external links (needs the network).
 - ``notebooks-gpu``: run every notebook at full scale on a CUDA machine and store the outputs.
+- ``gpu-bundle``: download the wheels the offline one-GPU run (examples/gpu-runs/run.sh) installs.
 - ``benchmark-build``: time a cold build, a no-change rebuild and a one-page edit.
 - ``lighthouse``: Lighthouse scores, blocking time and bytes of three pages behind a gzip server.
 """
@@ -177,11 +178,14 @@ def linkcheck(session: nox.Session) -> None:
 
 @nox.session(name="notebooks-gpu")
 def notebooks_gpu(session: nox.Session) -> None:
-    """On a CUDA machine: run every notebook at full scale and store outputs + provenance.
+    """On a CUDA machine with network: the one-GPU run of examples/gpu-runs/run.py in a nox venv.
 
-    Writes examples/gpu-runs/<section>/<slug>.ipynb and .json (device, driver, CUDA, torch, date,
-    sha256 of the notebook source). Install the CUDA build of the pinned torch first, e.g.
-    ``nox -s notebooks-gpu -- --torch-index https://download.pytorch.org/whl/cu128``.
+    Runs the notebooks that hold GPU rows (or those passed) at full scale, each with its own time
+    budget, all of them even when one fails, plus the NVML + profiler smoke check; stores
+    examples/gpu-runs/<section>/<slug>.ipynb and .json (device, driver, CUDA, torch, date, commit,
+    sha256 of the source, seconds, GPU count, SM clock, power limit, MIG/ECC). Install the CUDA build of
+    the pinned torch first, e.g. ``nox -s notebooks-gpu -- --torch-index https://download.pytorch.org/whl/cu128``.
+    On an offline machine with torch installed, use examples/gpu-runs/run.sh instead.
     """
     if shutil.which("nvidia-smi") is None:
         session.error("notebooks-gpu needs a CUDA machine: nvidia-smi is not on PATH")
@@ -194,11 +198,23 @@ def notebooks_gpu(session: nox.Session) -> None:
     session.install("nvidia-ml-py>=12")  # NVML, behind torch.cuda.utilization() (monitoring page)
     session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else "
                 "'notebooks-gpu needs a CUDA device: torch.cuda.is_available() is False')")
-    session.run(
-        "python", "tests/notebook_runner.py", "--store-gpu", "--quiet", "--timeout", "3600",
-        *(args or ["--all"]), env={"RLREF_SCALE": "full"},
-    )
+    session.run("python", "examples/gpu-runs/run.py", *args, env={"RLREF_SCALE": "full"})
     session.log("Stored outputs under examples/gpu-runs/; commit them with the notebooks they belong to.")
+
+
+@nox.session(name="gpu-bundle", python=False)
+def gpu_bundle(session: nox.Session) -> None:
+    """Download into examples/gpu-runs/wheels/ what examples/gpu-runs/run.sh installs on an offline GPU box.
+
+    CPython 3.12, manylinux x86-64, binary wheels at the versions of constraints.txt: nbclient,
+    ipykernel and myst-nb's reader with their dependencies (never torch); at most 64 MiB (asserted).
+    Needs network. ``-- --current`` builds it for this interpreter instead; ``-- DIR`` writes elsewhere.
+    """
+    args = list(session.posargs)
+    dest = next((a for a in args if not a.startswith("-")), str(ROOT / "examples" / "gpu-runs" / "wheels"))
+    extra = [a for a in args if a.startswith("-")]
+    session.run(sys.executable, "examples/gpu-runs/bundle.py", dest, *extra, external=True)
+    session.log("Copy the folder with the checkout to the GPU machine; run examples/gpu-runs/run.sh there.")
 
 
 @nox.session(name="benchmark-build")

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
-from jupyter_cache import get_cache
 from myst_nb.core.read import read_myst_markdown_notebook
 from myst_parser.config.main import MdParserConfig
 from nbclient import NotebookClient
@@ -99,6 +98,8 @@ def keyed_notebook(path: Path) -> nbformat.NotebookNode:
 
 def cache_record(path: Path, cache: Path | None = None):
     """The jupyter-cache record of this notebook's current code and inputs, or None."""
+    from jupyter_cache import get_cache  # not needed to execute (the offline GPU run has no jupyter-cache)
+
     cache = cache or cache_path()
     if not cache.exists():
         return None
@@ -113,6 +114,8 @@ def cached_notebook(path: Path, cache: Path | None = None) -> nbformat.NotebookN
     record = cache_record(path, cache)
     if record is None:
         return None
+    from jupyter_cache import get_cache
+
     return get_cache(str(cache or cache_path())).get_cache_bundle(record.pk).nb
 
 
@@ -216,46 +219,103 @@ def run_all(paths: list[Path], timeout: int, env: dict[str, str], jobs: int) -> 
     return failures
 
 
-def gpu_provenance(path: Path, seconds: float, root: Path = ROOT) -> dict:
-    """Where and when a notebook ran: device, driver, CUDA, torch, date, and its source's sha256."""
+def _nvml_state() -> dict:
+    """GPU count, driver, SM clock (now and max), power limit, MIG and ECC mode of CUDA device 0, by NVML.
+
+    What a result is compared under (review G9): a boost-clock peak assumes the max SM clock, a capped
+    power limit or a MIG slice lowers it. Fields NVML cannot report on this GPU are None.
+    """
     import torch
 
-    if not torch.cuda.is_available():
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return {"nvml": "nvidia-ml-py is not installed"}
+    pynvml.nvmlInit()
+    try:
+        def get(fn, *args):
+            try:
+                value = fn(*args)
+            except pynvml.NVMLError:
+                return None
+            return value.decode() if isinstance(value, bytes) else value
+
+        handle = None
+        uuid = getattr(torch.cuda.get_device_properties(0), "uuid", None)
+        if uuid is not None:  # device 0 of torch, whatever CUDA_VISIBLE_DEVICES maps it to
+            handle = get(pynvml.nvmlDeviceGetHandleByUUID, f"GPU-{uuid}")
+        handle = handle or pynvml.nvmlDeviceGetHandleByIndex(0)
+        mig, ecc = get(pynvml.nvmlDeviceGetMigMode, handle), get(pynvml.nvmlDeviceGetEccMode, handle)
+        power_mw = get(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        return {
+            "driver": get(pynvml.nvmlSystemGetDriverVersion),
+            "gpu_count": get(pynvml.nvmlDeviceGetCount),
+            "sm_clock_mhz": get(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM),
+            "sm_clock_max_mhz": get(pynvml.nvmlDeviceGetMaxClockInfo, handle, pynvml.NVML_CLOCK_SM),
+            "power_limit_w": None if power_mw is None else power_mw / 1000,
+            "mig_mode": None if mig is None else ("enabled" if mig[0] else "disabled"),
+            "ecc_mode": None if ecc is None else ("enabled" if ecc[0] else "disabled"),
+        }
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _git_commit(root: Path) -> str:
+    """HEAD of the checkout (``$RLREF_GIT_COMMIT`` where the copy has no .git), else "unknown"."""
+    commit = os.environ.get("RLREF_GIT_COMMIT", "")
+    if not commit:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root)
+        commit = proc.stdout.strip() if proc.returncode == 0 else ""
+    return commit or "unknown"
+
+
+def gpu_provenance(
+    path: Path, seconds: float, root: Path = ROOT, scale: str = "full", require_cuda: bool = True
+) -> dict:
+    """Where and when a notebook ran: device, driver, CUDA, torch, date, commit, source sha256, seconds.
+
+    On CUDA also the GPU count, SM clock, power limit, MIG and ECC mode (NVML). ``require_cuda=False``
+    describes a CPU run instead (the small-scale check of examples/gpu-runs/run.sh in CI).
+    """
+    import torch
+
+    if scale not in ("small", "full"):
+        raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
+    cuda = torch.cuda.is_available()
+    if require_cuda and not cuda:
         raise RuntimeError("GPU outputs need a CUDA device; torch.cuda.is_available() is False")
-    driver = (
-        subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.splitlines()[0]
-        .strip()
-    )
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root
-    ).stdout.strip()
-    return {
-        "source": path.relative_to(root).as_posix(),
+    provenance = {
+        "source": path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix(),
         "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "device": torch.cuda.get_device_name(0),
-        "driver": driver,
-        "cuda": torch.version.cuda,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "scale": "full",
+        "scale": scale,
         "seconds": round(seconds, 1),
-        "git_commit": commit,
+        "git_commit": _git_commit(root),
     }
+    if cuda:
+        provenance |= {"device": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+        provenance |= _nvml_state()
+        if not provenance.get("driver"):
+            provenance["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, check=True,
+            ).stdout.splitlines()[0].strip()
+    else:
+        provenance |= {"device": f"CPU ({platform.machine()})", "driver": "none", "cuda": "none"}
+    return provenance
 
 
-def store_gpu_run(result: Executed, provenance: dict, root: Path = ROOT) -> Path:
-    """Write ``examples/gpu-runs/<section>/<slug>.ipynb`` and its ``.json`` provenance; return the .ipynb."""
+def store_gpu_run(result: Executed, provenance: dict, root: Path = ROOT, store: Path | None = None) -> Path:
+    """Write ``<store>/<section>/<slug>.ipynb`` and its ``.json`` provenance; return the .ipynb.
+
+    ``store`` defaults to ``root/examples/gpu-runs``, the folder the site renders.
+    """
     if not isinstance(provenance, dict) or "source_sha256" not in provenance:
         raise ValueError("provenance must be a dict with at least 'source_sha256' (see gpu_provenance)")
     section, slug = result.path.parent.name, result.path.stem
-    out = root / "examples" / "gpu-runs" / section / f"{slug}.ipynb"
+    out = (store or root / "examples" / "gpu-runs") / section / f"{slug}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(result.notebook, out)
     out.with_suffix(".json").write_text(
@@ -295,19 +355,23 @@ def main() -> int:
         print(f"Robustness run took {seconds:.0f} s.")
         print(f"{len(paths) - len(failures)} passed, {len(failures)} failed")
         return 1 if failures else 0
+    failed = []  # every notebook runs; every failure is reported (a partial GPU store says what is missing)
     for path in (notebooks() if args.all else []) + list(args.notebooks):
         try:
             result = execute(path, timeout=args.timeout)
         except NotebookFailed as exc:
             print(f"FAILED {exc}", file=sys.stderr)
-            return 1
+            failed.append(str(path))
+            continue
         if not args.quiet:
             print("".join(result.text_outputs()))
         print(f"OK {path} in {result.seconds:.1f} s")
         if args.store_gpu:
             stored = store_gpu_run(result, gpu_provenance(result.path, result.seconds))
             print(f"stored {stored.relative_to(ROOT)} (+ .json provenance)")
-    return 0
+    if failed:
+        print(f"{len(failed)} failed: {' '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

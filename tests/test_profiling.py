@@ -68,6 +68,25 @@ def test_range_totals_counts_each_range_and_nests_inner_in_outer(small_profile):
     assert totals["inner"]["device_s"] == 0.0  # CPU-only profile
 
 
+def test_range_totals_keeps_the_cpu_entry_when_cuda_adds_a_user_annotation():
+    """With CUDA activity, key_averages lists each range twice: on CPU and as a GPU user annotation.
+
+    The GPU entry has the same key and cpu_time_total 0; listed last, it must not replace the CPU one.
+    """
+    from types import SimpleNamespace
+
+    DT = torch.autograd.DeviceType
+    cpu = SimpleNamespace(key="generation", device_type=DT.CPU, count=2, cpu_time_total=3e6,
+                          device_time_total=1e6)
+    gpu = SimpleNamespace(key="generation", device_type=DT.CUDA, count=2, cpu_time_total=0.0,
+                          device_time_total=1.2e6)
+    prof = SimpleNamespace(key_averages=lambda: [cpu, gpu])
+    assert P.range_totals(prof, ["generation"]) == {"generation": {"count": 2.0, "cpu_s": 3.0, "device_s": 1.0}}
+    only_gpu = SimpleNamespace(key_averages=lambda: [gpu])
+    with pytest.raises(KeyError, match="generation"):
+        P.range_totals(only_gpu, ["generation"])
+
+
 def test_range_totals_names_missing_ranges(small_profile):
     with pytest.raises(KeyError, match="never_recorded"):
         P.range_totals(small_profile, ["never_recorded"])

@@ -25,6 +25,7 @@ import hashlib
 import html
 import json
 import os
+import posixpath
 import re
 import sys
 from dataclasses import dataclass
@@ -320,7 +321,7 @@ def stale_gpu_runs(root: Path = ROOT) -> list[str]:
         elif not run.fresh:
             stale.append(
                 f"{run.ipynb.relative_to(root)}: {run.provenance['source']} changed since the GPU run "
-                "(sha256 differs); rerun `nox -s notebooks-gpu` on a CUDA machine"
+                "(sha256 differs); rerun examples/gpu-runs/run.sh on a CUDA machine or delete the pair"
             )
     return stale
 
@@ -424,16 +425,75 @@ def _gpu_page_source(app, docname: str, text: str) -> str:
         f":::{{important}}\nStored outputs of {{doc}}`{cpu_doc}` executed at full scale "
         f"on **{meta['device']}** "
         f"(driver {meta['driver']}, CUDA {meta['cuda']}, torch {meta['torch']}) on {meta['date']} by "
-        "`nox -s notebooks-gpu`. They are not re-executed by the site build.\n:::\n"
+        "`examples/gpu-runs/run.sh` (or `nox -s notebooks-gpu`). The site build does not re-execute them."
+        "\n:::\n"
     )
+    state = [  # review G9: what a GPU number is compared under (examples/gpu-runs/run.sh records it)
+        f"{label} {meta[key]}{unit}"
+        for key, label, unit in (
+            ("gpu_count", "GPUs in the machine:", ""), ("sm_clock_mhz", "SM clock", " MHz"),
+            ("sm_clock_max_mhz", "max SM clock", " MHz"), ("power_limit_w", "power limit", " W"),
+            ("mig_mode", "MIG", ""), ("ecc_mode", "ECC", ""), ("seconds", "run time", " s"),
+            ("git_commit", "commit", ""),
+        )
+        if meta.get(key) is not None
+    ]
+    if state:
+        banner += "\n" + ", ".join(state) + ".\n"
+    # the MyST reader's map from cells to lines of the .md: wrong once the banner is inserted (myst-nb
+    # then indexes past its end), and meaningless for a stored .ipynb
+    nb.get("metadata", {}).pop("source_map", None)
+    cpu_dir = Path(meta["source"]).parent.as_posix()
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = _relocated_markdown(src, cpu_dir)
     nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": banner, "id": "gpu-run-banner"})
     # the notebook's own title becomes a section below the banner's title
     for cell in nb["cells"][1:]:
         if cell["cell_type"] == "markdown":
-            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            cell["source"] = re.sub(r"^# ", "## ", src, count=1, flags=re.MULTILINE)
+            cell["source"] = re.sub(r"^# ", "## ", cell["source"], count=1, flags=re.MULTILINE)
             break
     return json.dumps(nb)
+
+
+_PATH_DIRECTIVE = re.compile(
+    r"^(\s*(?:`{3,}|:{3,})\s*\{(?:literalinclude|include|image|figure)\}\s+)(\S+)", re.M
+)
+_DOWNLOAD_ROLE = re.compile(r"\{download\}`(?:([^`<]*?)\s*<([^>`]+)>|([^`<>]+))`")
+_DOC_ROLE = re.compile(r"\{doc\}`(?:([^`<]*?)\s*<([^>`]+)>|([^`<>]+))`")
+_MD_LINK = re.compile(r"\]\((?![A-Za-z][A-Za-z0-9+.-]*:|#|/)([^)\s]+)\)")
+_LABEL_LINES = re.compile(r"^(?:\([^)\s]+\)=|:(?:label|name):.*)[ \t]*\n?", re.M)
+
+
+def _relocated_markdown(text: str, cpu_dir: str) -> str:
+    """A stored GPU notebook's Markdown, made to build from examples/gpu-runs/<section>/ (review G2).
+
+    Relative paths (``{literalinclude}``, ``{include}``, ``{image}``, ``{figure}``, ``{download}``,
+    ``{doc}``, Markdown links) are resolved against the CPU notebook's folder ``cpu_dir`` and made
+    absolute (``/`` is the source folder). A ``{download}`` of ``_generated/...`` is a file the run
+    wrote, which is not stored with it: it becomes the file's name in code style. Targets and equation
+    labels are dropped: the CPU notebook defines them already.
+    """
+
+    def absolute(path: str) -> str:
+        return path if path.startswith("/") else "/" + posixpath.normpath(posixpath.join(cpu_dir, path))
+
+    def download(m: re.Match) -> str:
+        title, target = (m.group(1), m.group(2)) if m.group(2) else (None, m.group(3))
+        if "_generated" in Path(target).parts:
+            return f"`{title or Path(target).name}` (written by this run, not stored with it)"
+        return f"{{download}}`{title} <{absolute(target)}>`" if title else f"{{download}}`{absolute(target)}`"
+
+    def doc(m: re.Match) -> str:
+        title, target = (m.group(1), m.group(2)) if m.group(2) else (None, m.group(3))
+        return f"{{doc}}`{title} <{absolute(target)}>`" if title else f"{{doc}}`{absolute(target)}`"
+
+    text = _PATH_DIRECTIVE.sub(lambda m: m.group(1) + absolute(m.group(2)), text)
+    text = _DOWNLOAD_ROLE.sub(download, text)
+    text = _DOC_ROLE.sub(doc, text)
+    text = _MD_LINK.sub(lambda m: f"]({absolute(m.group(1))})", text)
+    return _LABEL_LINES.sub("", text)
 
 
 def _html_page_context(app, pagename, templatename, context, doctree) -> None:

@@ -108,7 +108,9 @@ def range_totals(prof, names: Iterable[str]) -> dict[str, dict[str, float]]:
     ``KeyError``.
     """
     names = list(names)
-    by_key = {e.key: e for e in prof.key_averages()}
+    # With CUDA activity each range also appears as a GPU-side user annotation of the same name, a
+    # separate key_averages entry (device_type is part of its key) with cpu_time_total 0: keep the CPU one.
+    by_key = {e.key: e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU}
     out = {}
     for n in names:
         if n not in by_key:
