@@ -749,7 +749,7 @@ class MseValueLoss:
 
     NeMo RL: ``MseValueLossFn`` (nemo_rl/algorithms/loss/loss_functions.py:1218-1343), input type
     ``LOGIT`` (the value head output), ``loss_type`` TOKEN_LEVEL; ``cliprange`` 0 means off, as in
-    NeMo RL's ``if self.cliprange and self.cliprange > 0`` (line 1257).
+    NeMo RL's ``if self.cliprange and self.cliprange > 0`` (line 1253).
     """
 
     input_type = LossInputType.LOGIT
@@ -906,7 +906,7 @@ class PreferenceLoss:
 
 DISTILLATION_KL_TYPES = ("forward", "reverse", "mixed")
 #: NeMo RL's stand-in for ``log 0`` of a teacher probability outside its top-k
-#: (``self.log_infinitesimal``, nemo_rl/algorithms/loss/loss_functions.py:1137).
+#: (``self.log_infinitesimal``, nemo_rl/algorithms/loss/loss_functions.py:1134).
 LOG_INFINITESIMAL = -100.0
 
 
@@ -953,7 +953,7 @@ def distillation_topk_logprobs(
 
     NeMo RL: ``get_distillation_topk_logprobs_from_logits``
     (nemo_rl/distributed/model_utils.py:1856-2020), called by ``prepare_loss_input`` for
-    ``LossInputType.DISTILLATION`` (nemo_rl/algorithms/loss/utils.py:121-141).
+    ``LossInputType.DISTILLATION`` (nemo_rl/algorithms/loss/utils.py:122-141).
     """
     for name, t in (("student_logits", student_logits), ("teacher_topk_logits", teacher_topk_logits),
                     ("teacher_topk_indices", teacher_topk_indices)):
@@ -1107,7 +1107,7 @@ def draft_loss_inputs(
     With a draft vocabulary ``d2t`` (``[V_draft]``, draft id ``i`` is policy id ``i + d2t[i]``) the
     teacher logits keep only those columns: ``teacher[..., i] = policy[..., i + d2t[i]]``.
 
-    NeMo RL: ``prepare_loss_input`` for ``LossInputType.DRAFT`` (nemo_rl/algorithms/loss/utils.py:172-208).
+    NeMo RL: ``prepare_loss_input`` for ``LossInputType.DRAFT`` (nemo_rl/algorithms/loss/utils.py:170-206).
     """
     if not isinstance(policy_logits, torch.Tensor) or not policy_logits.is_floating_point():
         raise TypeError("policy_logits must be a floating torch.Tensor")
@@ -1323,7 +1323,7 @@ def _shift_next(x: torch.Tensor, fill) -> torch.Tensor:
 @dataclasses.dataclass(frozen=True)
 class CrossTokenizerDistillationLossConfig:
     """The single-teacher keys of NeMo RL's ``CrossTokenizerDistillationLossConfig``
-    (nemo_rl/algorithms/loss/loss_functions.py:1352-1443), defaults from
+    (nemo_rl/algorithms/loss/loss_functions.py:1349-1432), defaults from
     examples/configs/xtoken_off_policy_distillation.yaml:42-52.
 
     Not here: the multi-teacher keys (``kd_loss_mode``, ``teacher_weights``, ``sum_weights_metric``,
@@ -1386,7 +1386,7 @@ class CrossTokenizerDistillationLoss:
 
     NeMo RL: ``CrossTokenizerDistillationLossFn`` (nemo_rl/algorithms/loss/loss_functions.py:1463-2667),
     single-teacher ``kd_loss_mode="sum"`` path: ``_compute_p_kl`` (2260), ``_compute_gold`` (2433),
-    ``_compute_ce`` (2647), combination in ``__call__`` (1668-1682). Out of scope: the token aligner
+    ``_compute_ce`` (2647), combination in ``__call__`` (1673-1687). Out of scope: the token aligner
     (nemo_rl/algorithms/x_token/token_aligner.py), projection-file parsing, multi-teacher
     aggregation, the same-tokenizer teacher path, the IPC teacher-logit transport and TP/CP.
     """
