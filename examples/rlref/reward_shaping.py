@@ -117,7 +117,7 @@ def dapo_overlong_penalty(
     if buffer > max_len:
         raise ValueError(f"overlong_buffer_length ({buffer}) must be <= max_response_length ({max_len})")
     exceed = lengths.to(torch.float64) - (max_len - buffer)
-    return torch.clamp(-exceed / buffer * penalty, max=0.0)
+    return torch.clamp(-exceed / buffer * penalty, max=0.0) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def stop_properly_penalty(
