@@ -204,3 +204,55 @@ def test_cuda_peak_bytes_measures_on_a_gpu_and_refuses_without_one():
         del x
 
     assert M.cuda_peak_bytes(alloc) >= 4 << 20
+
+
+# -- KV cache ----------------------------------------------------------------------------------------
+def test_kv_cache_bytes_per_token_of_public_configs():
+    # Llama-3.1-8B: 32 layers, 8 KV heads of 128; Qwen2.5-1.5B: 28 layers, 2 KV heads of 128 (config.json)
+    assert M.kv_cache_bytes_per_token(32, 8, 128, 2) == 128 * 1024
+    assert M.kv_cache_bytes_per_token(28, 2, 128, 2) == 28 * 1024
+    assert M.kv_cache_bytes_per_token(32, 8, 128, M.KV_CACHE_DTYPE_BYTES["fp8"]) == 64 * 1024
+    # TP splits the KV heads, and replicates them once TP exceeds their number
+    assert M.kv_cache_bytes_per_token(80, 8, 128, 2, tensor_parallel_size=8) == 2 * 80 * 1 * 128 * 2
+    assert M.kv_cache_bytes_per_token(28, 2, 128, 2, tensor_parallel_size=4) == 2 * 28 * 1 * 128 * 2
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        M.kv_cache_bytes_per_token(28, 3, 128, 2, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        M.kv_cache_bytes_per_token(28, 0, 128, 2)
+
+
+def test_kv_cache_tokens_fills_the_utilization_share_after_the_weights():
+    gib = 2**30
+    per_token = M.kv_cache_bytes_per_token(32, 8, 128, 2)
+    tokens = M.kv_cache_tokens(80 * gib, 0.6, 16 * gib, per_token)
+    assert tokens == (48 * gib - 16 * gib) // per_token == 262144
+    assert M.kv_cache_tokens(80 * gib, 0.6, 16 * gib, per_token, other_bytes=8 * gib) == 196608
+    assert M.kv_cache_tokens(10 * gib, 0.5, 16 * gib, per_token) == 0  # the weights alone do not fit
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        M.kv_cache_tokens(gib, 1.5, 0, per_token)
+    with pytest.raises(ValueError, match="weight_bytes"):
+        M.kv_cache_tokens(gib, 0.5, -1, per_token)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_captured_kv_cache_has_the_formula_bytes_and_is_causal(dtype):
+    cfg = PolicyConfig(64, d_model=32, n_layers=3, n_heads=4, max_seq_len=16)
+    model = TinyCausalLM(cfg, seed=0).to(dtype)
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    cache = M.capture_kv(model, ids)
+    assert len(cache) == cfg.n_layers and cache[0][0].shape == (2, 4, 10, 8)
+    measured = sum(t.numel() * t.element_size() for kv in cache for t in kv)
+    per_token = M.kv_cache_bytes_per_token(cfg.n_layers, cfg.n_heads, cfg.d_model // cfg.n_heads,
+                                           torch.finfo(dtype).bits // 8)
+    assert measured == per_token * ids.numel()
+    # a cache: the K and V of a prefix do not change when tokens are appended (up to the dtype's rounding
+    # in a longer matmul; a dependence on later tokens would move them by O(1))
+    longer = M.capture_kv(model, torch.cat([ids, ids[:, :3]], dim=1))
+    for (k, v), (k2, v2) in zip(cache, longer, strict=True):
+        torch.testing.assert_close(k, k2[:, :, :10])
+        torch.testing.assert_close(v, v2[:, :, :10])
+
+
+def test_capture_kv_rejects_a_model_without_attention_blocks():
+    with pytest.raises(TypeError, match="TinyCausalLM"):
+        M.capture_kv(torch.nn.Linear(2, 2), torch.zeros(1, 2))

@@ -11,6 +11,10 @@ Meters
     ``TorchDispatchMode``; works on CPU, where PyTorch keeps no allocator statistics),
     :func:`tensor_bytes`, :func:`optimizer_state_bytes`, and :func:`cuda_peak_bytes`
     (``torch.cuda.max_memory_allocated``; GPU only).
+KV cache of the generation engine
+    :func:`kv_cache_bytes_per_token` (``2 L n_kv d_head b``), :func:`kv_cache_tokens` (how many tokens
+    fit in vLLM's ``gpu_memory_utilization`` share after the weights) and :func:`capture_kv` (the K and
+    V tensors a lab model's forward computes: the cache a decoder would keep).
 Padding
     :func:`forward_tokens` (the model's forward with optional per-token positions and segment ids, so
     several sequences can share one packed row, and optional activation checkpointing per block),
@@ -40,7 +44,7 @@ __all__ = [
     "MemoryEstimate", "parameter_count", "activation_bytes", "estimate_memory",
     "SavedTensorMeter", "LiveTensorMeter", "tensor_bytes", "optimizer_state_bytes", "cuda_peak_bytes",
     "forward_tokens", "first_fit_decreasing", "PackedBatch", "pack_sequences", "dynamic_microbatches",
-    "pad_batch", "padding_fraction",
+    "pad_batch", "padding_fraction", "kv_cache_bytes_per_token", "kv_cache_tokens", "capture_kv",
 ]
 
 
@@ -469,3 +473,81 @@ def padding_fraction(real_tokens: int, shapes: Iterable[tuple[int, int]]) -> flo
     if real_tokens < 0 or real_tokens > total:
         raise ValueError(f"real_tokens={real_tokens} must lie in [0, {total}] (the computed positions)")
     return 1.0 - real_tokens / total
+
+
+# ==================================================================================================
+# KV cache of the generation engine
+# ==================================================================================================
+
+#: Bytes per element of vLLM's KV cache for NeMo RL's ``policy.generation.vllm_cfg.kv_cache_dtype``
+#: (nemo_rl/models/generation/vllm/config.py:69): "auto" keeps the model's dtype (bf16 here).
+KV_CACHE_DTYPE_BYTES = {"auto": 2, "fp8": 1, "fp8_e4m3": 1}
+
+
+def kv_cache_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, dtype_bytes: int = 2,
+                             tensor_parallel_size: int = 1) -> int:
+    """Bytes of KV cache one token occupies on one GPU: ``2 * L * n_kv * d_head * b``.
+
+    The 2 is K and V; ``n_kv`` is the number of key/value heads (fewer than query heads under GQA).
+    Tensor parallelism splits the KV heads over ``tensor_parallel_size`` GPUs, each GPU keeping at least
+    one (vLLM replicates them when TP exceeds ``n_kv``). vLLM's KV cache dtype is NeMo RL's
+    ``policy.generation.vllm_cfg.kv_cache_dtype``: "auto" (the model's dtype) or fp8 (1 byte).
+    """
+    for name, v in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
+                    ("dtype_bytes", dtype_bytes), ("tensor_parallel_size", tensor_parallel_size)):
+        _check_int(name, v)
+    if n_kv_heads % tensor_parallel_size and tensor_parallel_size % n_kv_heads:
+        raise ValueError(f"tensor_parallel_size {tensor_parallel_size} must divide or be a multiple of "
+                         f"n_kv_heads {n_kv_heads}")
+    heads_per_gpu = max(1, n_kv_heads // tensor_parallel_size)
+    return 2 * n_layers * heads_per_gpu * head_dim * dtype_bytes
+
+
+def kv_cache_tokens(gpu_bytes: int, gpu_memory_utilization: float, weight_bytes: int,
+                    bytes_per_token: int, other_bytes: int = 0) -> int:
+    """Tokens of KV cache that fit: ``floor((u * M - W - other) / bytes_per_token)``, 0 if none.
+
+    ``u`` is NeMo RL's ``policy.generation.vllm_cfg.gpu_memory_utilization`` (vLLM's share of the GPU's
+    ``M`` bytes, passed to vLLM at nemo_rl/models/generation/vllm/vllm_worker.py:323,579), ``W`` the
+    weights on this GPU; ``other`` is what vLLM also reserves (activation peak, CUDA graphs), which it
+    measures at start-up. An upper bound when ``other`` is 0.
+    """
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+    for name, v in (("gpu_bytes", gpu_bytes), ("bytes_per_token", bytes_per_token)):
+        _check_int(name, v)
+    for name, v in (("weight_bytes", weight_bytes), ("other_bytes", other_bytes)):
+        _check_int(name, v, minimum=0)
+    free = int(gpu_memory_utilization * gpu_bytes) - weight_bytes - other_bytes
+    return max(0, free // bytes_per_token)
+
+
+def capture_kv(model: nn.Module, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Run ``model`` (a :class:`rlref.lab.TinyCausalLM`) on ``input_ids`` and return each block's (K, V).
+
+    K and V are split from each attention block's fused ``qkv`` projection, shaped ``[B, H, S, d_head]``
+    and copied: the tensors a decoder's KV cache holds for these tokens (the lab has no GQA, so
+    ``n_kv = H``).
+    """
+    blocks = [m for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "n_heads")]
+    if not blocks:
+        raise TypeError(f"model must be a rlref.lab.TinyCausalLM (attention blocks with .qkv), got "
+                        f"{type(model).__name__}")
+    cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(block):
+        def hook(_module, _inputs, out):
+            B, S, three_d = out.shape
+            D, H = three_d // 3, block.n_heads
+            _, k, v = out.detach().split(D, dim=-1)
+            cache.append(tuple(t.reshape(B, S, H, D // H).transpose(1, 2).contiguous() for t in (k, v)))
+        return hook
+
+    handles = [b.qkv.register_forward_hook(keep(b)) for b in blocks]
+    try:
+        with torch.no_grad():
+            model(input_ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return cache
