@@ -81,7 +81,8 @@ def test_range_totals_keeps_the_cpu_entry_when_cuda_adds_a_user_annotation():
     gpu = SimpleNamespace(key="generation", device_type=DT.CUDA, count=2, cpu_time_total=0.0,
                           device_time_total=1.2e6)
     prof = SimpleNamespace(key_averages=lambda: [cpu, gpu])
-    assert P.range_totals(prof, ["generation"]) == {"generation": {"count": 2.0, "cpu_s": 3.0, "device_s": 1.0}}
+    expected = {"generation": {"count": 2.0, "cpu_s": 3.0, "device_s": 1.0}}
+    assert P.range_totals(prof, ["generation"]) == expected
     only_gpu = SimpleNamespace(key_averages=lambda: [gpu])
     with pytest.raises(KeyError, match="generation"):
         P.range_totals(only_gpu, ["generation"])
@@ -195,3 +196,15 @@ def test_profile_grpo_step_script_runs_its_steps_on_this_machine():
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("step ")]
     assert len(lines) == 2 and all("policy_training" in ln for ln in lines)
+
+
+def test_compile_unavailable_names_what_is_missing(monkeypatch):
+    monkeypatch.setattr(P.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    reason = P.compile_unavailable("cpu")
+    assert reason.startswith("missing") and "C++ compiler" in reason and "g++" in reason
+    monkeypatch.setattr(P.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(P.sysconfig, "get_paths", lambda: {"include": "/nonexistent"})
+    assert P.compile_unavailable("cpu") == "missing Python's headers (/nonexistent/Python.h)"
+    with pytest.raises(ValueError, match="device"):
+        P.compile_unavailable("meta")

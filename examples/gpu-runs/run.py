@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -38,29 +36,6 @@ LEFT_OUT = (
     "Not in this run: monitoring's full-scale runs (about 15 GRPO runs x 120 steps; the smoke check covers "
     "its NVML and profiler path) and the 2-GPU distributed-training run (NCCL needs two GPUs)."
 )
-
-
-def compile_unavailable(cuda: bool) -> str | None:
-    """Why ``torch.compile`` (Inductor) cannot build kernels here, or None when it can.
-
-    On CUDA, Inductor generates Triton kernels and Triton compiles a small C launcher: it needs the
-    ``triton`` package, a C compiler (``$CC``, cc, gcc or clang) and Python's headers. On CPU it
-    compiles C++: a C++ compiler (``$CXX``, c++, g++ or clang++) and the headers.
-    """
-    missing = []
-    if cuda:
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            missing.append("the triton package")
-        compilers = (os.environ.get("CC"), "cc", "gcc", "clang")
-    else:
-        compilers = (os.environ.get("CXX"), "c++", "g++", "clang++")
-    if not any(c and shutil.which(c) for c in compilers):
-        missing.append(f"a {'C' if cuda else 'C++'} compiler ({', '.join(c for c in compilers if c)})")
-    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
-        missing.append(f"Python's headers ({sysconfig.get_paths()['include']}/Python.h)")
-    return "missing " + "; ".join(missing) if missing else None
 
 
 def smoke(out: Path) -> int:
@@ -124,7 +99,7 @@ def smoke(out: Path) -> int:
         found["max_memory_allocated_before_after_reset"] = [before, after]
         if not after < before:
             failures.append(f"reset_peak_memory_stats did not lower the peak: {before} -> {after}")
-    reason = compile_unavailable(cuda)
+    reason = P.compile_unavailable("cuda" if cuda else "cpu")
     found["torch_compile"] = f"unavailable: {reason}" if reason else "prerequisites present"
 
     for key, value in found.items():

@@ -9,6 +9,8 @@
   :func:`read_trace` write and load a gzipped Chrome-trace JSON (Perfetto and ``chrome://tracing``
   open it); :func:`trace_ranges` lists the durations of named ranges in a trace.
 - :func:`amdahl_speedup`: the step speedup when one phase gets faster.
+- :func:`compile_unavailable`: why ``torch.compile`` cannot build kernels on this machine (None if it can),
+  so a notebook can skip its compiled variant with the reason printed.
 - :func:`nsys_step_range`: which steps ``NRL_NSYS_PROFILE_STEP_RANGE`` selects (``start:stop``, start
   >= 1 and inclusive, stop exclusive; nemo_rl/utils/nsys.py:22-53).
 
@@ -23,6 +25,8 @@ import gzip
 import json
 import math
 import os
+import shutil
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterable
@@ -33,6 +37,7 @@ import torch
 __all__ = [
     "PHASES",
     "amdahl_speedup",
+    "compile_unavailable",
     "nsys_step_range",
     "ops_by_range",
     "phase",
@@ -229,3 +234,32 @@ def nsys_step_range(value: str) -> range:
     if stop <= start:
         raise ValueError(f"NRL_NSYS_PROFILE_STEP_RANGE must be a non-empty range, got {value!r}")
     return range(start, stop)
+
+
+def compile_unavailable(device: str | torch.device = "cpu") -> str | None:
+    """Why ``torch.compile`` (Inductor) cannot build kernels for ``device`` here, or None when it can.
+
+    On CUDA, Inductor writes Triton kernels and Triton compiles a small C launcher: it needs the
+    ``triton`` package, a C compiler (``$CC``, cc, gcc or clang) and Python's headers. On CPU Inductor
+    compiles C++: a C++ compiler (``$CXX``, c++, g++ or clang++) and the headers. Not NeMo RL code; its
+    counterpart is vLLM's ``enforce_eager`` (``policy.generation.vllm_cfg``), which skips compilation.
+    """
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    missing = []
+    if kind == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            missing.append("the triton package")
+        compilers = (os.environ.get("CC"), "cc", "gcc", "clang")
+    else:
+        compilers = (os.environ.get("CXX"), "c++", "g++", "clang++")
+    if not any(c and shutil.which(c) for c in compilers):
+        names = ", ".join(c for c in compilers if c)
+        missing.append(f"a {'C' if kind == 'cuda' else 'C++'} compiler ({names})")
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        missing.append(f"Python's headers ({headers})")
+    return "missing " + "; ".join(missing) if missing else None
