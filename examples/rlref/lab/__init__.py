@@ -12,6 +12,7 @@ Modules: :mod:`rlref.lab.policy` (model), :mod:`rlref.lab.tasks` (vocabulary, ta
 (GRPO/DPO/SFT loops, History, scale presets).
 """
 
+from rlref.lab.batched import grpo_train_seeds
 from rlref.lab.policy import PolicyConfig, TinyCausalLM, count_parameters, make_reference
 from rlref.lab.rollout import (
     RolloutBatch,
@@ -72,4 +73,5 @@ __all__ = [
     "ADV_ESTIMATORS", "FULL", "NONFINITE_MODES", "SMALL", "DPOConfig", "GRPOConfig", "History", "LabScale",
     "SFTConfig", "accumulate_gradients", "cpu_threads", "dpo_train", "evaluate", "grpo_train", "lab_scale",
     "make_preference_pairs", "make_sft_batch", "sft_train", "train_step",
+    "grpo_train_seeds",
 ]
