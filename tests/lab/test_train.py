@@ -305,3 +305,64 @@ def test_counts_and_generation_throughput_are_defined_as_in_nemo_rl():
         assert step["performance/generation_tokens_per_sec"] == pytest.approx(
             step["train/total_num_tokens"] / step["timing/train/generation"], rel=1e-12
         )
+
+
+# -- prompt splits: the training loops draw training prompts only ---------------------------------
+
+
+def _spy(monkeypatch, name):
+    """Record every problem passed to ``rlref.lab.train.<name>`` (its first list argument)."""
+    import rlref.lab.train as train_module
+
+    seen, real = [], getattr(train_module, name)
+
+    def spy(*args, **kwargs):
+        seen.extend(next(a for a in args if isinstance(a, list)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("sampler", [None, "mixture", "gated"])
+def test_grpo_sees_training_prompts_only(monkeypatch, sampler):
+    from rlref.curriculum import GatedCurriculum, MixtureSampler
+
+    seen = _spy(monkeypatch, "rollout")
+    task = make_task("last", 3)
+    levels = [make_task("last", 2), make_task("pick", 2), task]
+    prompt_sampler = {None: None, "mixture": MixtureSampler(levels, 16, seed=0),
+                      "gated": GatedCurriculum(levels, threshold=1e-6, window=1)}[sampler]
+    policy = TinyCausalLM(TINY, seed=0)
+    cfg = GRPOConfig(num_prompts_per_step=16, num_generations_per_prompt=2, max_num_steps=6)
+    grpo_train(policy, task if sampler is None else None, cfg, prompt_sampler=prompt_sampler)
+    assert len(seen) == 6 * 16
+    assert not any(p.task.is_held_out(p) for p in seen)
+    held = {p.prompt for t in levels for p in t.held_out_problems()}
+    assert not held & {p.prompt for p in seen}
+    if sampler is not None:  # every level was drawn from
+        assert {p.task.name + str(p.task.difficulty) for p in seen} >= {"last2", "pick2"}
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "dpo"])
+def test_supervised_loops_train_on_training_prompts_and_evaluate_on_held_out_ones(monkeypatch, algorithm):
+    batches = _spy(monkeypatch, "make_sft_batch" if algorithm == "sft" else "make_preference_pairs")
+    evaluated = _spy(monkeypatch, "evaluate")
+    task = make_task("pick", 3)
+    policy = TinyCausalLM(TINY, seed=0)
+    config = (SFTConfig if algorithm == "sft" else DPOConfig)(
+        max_num_steps=4, train_global_batch_size=32, eval_period=2, eval_num_prompts=40)
+    (sft_train if algorithm == "sft" else dpo_train)(policy, task, config)
+    assert len(batches) == 4 * 32 and not any(task.is_held_out(p) for p in batches)
+    assert len(evaluated) == 3 * 40 and all(task.is_held_out(p) for p in evaluated)
+
+
+def test_evaluate_on_held_out_problems_rolls_out_exactly_those(monkeypatch):
+    from rlref.lab import evaluate
+
+    seen = _spy(monkeypatch, "rollout")
+    task = make_task("last", 3)
+    held = task.held_out_problems()
+    out = evaluate(TinyCausalLM(TINY, seed=0), held)
+    assert seen == held and all(task.is_held_out(p) for p in seen)
+    assert 0.0 <= out["accuracy"] <= 1.0

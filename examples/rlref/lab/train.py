@@ -792,7 +792,8 @@ class SFTConfig:
     """Knobs of :func:`sft_train`. NeMo RL keys: ``sft.max_num_steps``, ``sft.seed``,
     ``policy.train_global_batch_size``, ``policy.train_micro_batch_size``, ``policy.max_grad_norm``
     (nemo_rl/algorithms/sft.py:80-92). ``lr``/``weight_decay`` stand for the AdamW settings.
-    Lab-only: ``eval_period`` (0 = never) and ``eval_num_prompts`` for a greedy ``lab/eval_accuracy``."""
+    Lab-only: ``eval_period`` (0 = never) and ``eval_num_prompts`` for a greedy ``lab/eval_accuracy``
+    (on held-out prompts when the task has a held-out split, else on training prompts)."""
 
     max_num_steps: int = 60
     train_global_batch_size: int = 32
@@ -849,7 +850,8 @@ def _supervised_steps(policy, task, cfg, algorithm, loss_fn, make_batch, callbac
     optimizer, scheduler = _make_optimizer(policy, cfg.lr, cfg.weight_decay, cfg.lr_warmup_steps)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 10_000)
-    eval_problems = task.sample_prompts(cfg.eval_num_prompts, eval_gen)
+    eval_split = "held_out" if task.held_out_fraction > 0 else "train"
+    eval_problems = task.sample_prompts(cfg.eval_num_prompts, eval_gen, split=eval_split)
     history = History(meta={"config": cfg, "algorithm": algorithm, "loss_fn": repr(loss_fn)})
     rows_per_sample = 2 if algorithm == "dpo" else 1
     for step in range(cfg.max_num_steps):
