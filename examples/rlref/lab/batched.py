@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlref.lab.policy import TinyCausalLM
-from rlref.lab.rollout import pad_sequences, score_rollout
+from rlref.lab.rollout import score_rollout
 from rlref.lab.tasks import EOS_ID, PAD_ID, Task
 from rlref.lab.train import (
     GRPOConfig,
@@ -89,7 +89,7 @@ def _stack(modules: Sequence[nn.Module], requires_grad: bool) -> dict[str, torch
 
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:]) * w[:, None] + b[:, None]
+    return torch.addcmul(b[:, None], F.layer_norm(x, x.shape[-1:]), w[:, None])
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -149,7 +149,8 @@ def _generate(P, cfg, causal, rows: list[list], temperature: float, generators: 
     if S > cfg.max_seq_len:
         raise ValueError(f"prompt + max_new_tokens needs {S} positions but the model's max_seq_len is "
                          f"{cfg.max_seq_len}")
-    ids = pad_sequences([p.prompt for r in rows for p in r], S).reshape(K, B, S).to(device)
+    ids = torch.tensor([list(p.prompt) + [PAD_ID] * (S - len(p.prompt)) for r in rows for p in r],
+                       dtype=torch.long).reshape(K, B, S).to(device)
     gen_lp = torch.zeros(K, B, S, dtype=torch.float32, device=device)
     token_mask = torch.zeros(K, B, S, dtype=torch.float32, device=device)
     cur = plen.clone()
