@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -77,15 +78,27 @@ def test_run_keeps_going_after_a_failure_and_reports_every_one(tmp_path):
     bad = tmp_path / "bad.md"
     bad.write_text(myst_notebook("Broken", "raise RuntimeError('broken on purpose')"), encoding="utf-8")
     slow = tmp_path / "slow.md"
-    slow.write_text(myst_notebook("Slow", "import time\ntime.sleep(60)"), encoding="utf-8")
+    pid_file = tmp_path / "kernel.pid"
+    cell = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)"
+    slow.write_text(myst_notebook("Slow", cell), encoding="utf-8")
     out = tmp_path / "out"
-    proc = _run([sys.executable, str(RUN_PY), "--out", str(out), "--no-smoke", "--budget", "3",
+    proc = _run([sys.executable, str(RUN_PY), "--out", str(out), "--no-smoke", "--budget", "25",
                  str(bad), str(slow), str(ok)], timeout=200)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]
     assert "broken on purpose" in log and "1 passed, 2 failed" in log
     assert f"FAILED {bad}" in log and f"FAILED {slow}" in log
     assert (out / tmp_path.name / "ok.ipynb").exists() and not (out / tmp_path.name / "bad.ipynb").exists()
+    # the over-budget notebook's kernel is gone too (on a GPU it would hold memory the next one needs)
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the kernel of {slow.name} (pid {pid}) still runs")
 
 
 def test_run_refuses_to_fill_the_real_store_from_a_cpu_run():
