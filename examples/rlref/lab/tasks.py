@@ -25,8 +25,10 @@ add        ``A 1 7 + 2 5 =`` -> ``0 4 2`` (k+1 digits)  none          1         
 **Learning tasks.** ``last`` and ``pick`` are the tasks to measure learning on: the answer is
 uniform over the ten digits, so no constant response beats a uniformly random digit, and their
 prompt spaces (10^k and k * 10^k prompts) hold a held-out part that training never sees. ``last``
-is the easy one (a GRPO run of the lab's policy learns it in about 100 steps and is as accurate on
-held-out prompts as on training ones); ``pick`` (the position is part of the prompt) is harder.
+is the easy one: a GRPO run of the lab's policy (16 prompts x 8 responses a step) takes it from
+chance to most prompts right in about 100 steps, as accurate on held-out prompts as on training ones
+(tests/lab/test_train.py checks one run). ``pick`` (the position to copy is part of the prompt) is
+harder: at difficulty 2 the same runs need about 200 steps to get half the prompts right.
 
 (``sort`` and ``add`` also have a constant response that beats chance: 0.02 against 0.01 for
 ``sort`` at 2 digits, 0.1 against 0.01 for ``add`` at 1 digit.)
