@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "examples"))  # so notebooks and autodoc find ``rlref`` without install
-sys.path.insert(0, str(ROOT / "docs" / "_ext"))  # this site's own small extension (site_extras.py)
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))  # this site's own small extensions
 
 # -- Project information -----------------------------------------------------
 project = "NeMo RL Advanced Topics"
@@ -30,6 +30,7 @@ extensions = [
     "sphinx.ext.intersphinx",  # links to the Python and PyTorch API docs
     "sphinxcontrib.katex",  # math as HTML made at build time (KaTeX under node), no math JavaScript
     "site_extras",  # meta descriptions, tag pages, stored GPU outputs (docs/_ext/site_extras.py)
+    "page_weight",  # deferred scripts, KaTeX fonts preloaded where math is (docs/_ext/page_weight.py)
 ]
 
 # -- MyST options ------------------------------------------------------------
