@@ -27,7 +27,9 @@ import json
 import os
 import posixpath
 import re
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -732,6 +734,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec (Linu
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+KATEX_STARTUP_SECONDS = 60.0
+
+
 def _katex_servers_end_with_their_build() -> None:
     """sphinxcontrib-katex's node render server must not outlive the process that started it.
 
@@ -757,6 +762,31 @@ def _katex_servers_end_with_their_build() -> None:
 
     popen._site_extras = True
     katex.Popen = popen
+
+    # The server creates its socket file a moment before it listens on it; on a loaded machine the
+    # extension's single connect() lands in that gap (ConnectionRefusedError, the build aborts), and
+    # its 5 s start-up limit runs out. Wait longer, and retry the connection until the limit.
+    katex.STARTUP_TIMEOUT = max(getattr(katex, "STARTUP_TIMEOUT", 0), KATEX_STARTUP_SECONDS)
+
+    def start_server_process(cls, rundir, timeout):
+        socket_path = rundir / "katex.sock"
+        process = katex.Popen(cls.build_command(socket=socket_path), stdin=katex.PIPE, stdout=katex.PIPE,
+                              cwd=rundir)
+        deadline = time.monotonic() + timeout
+        while True:
+            if socket_path.is_socket():
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(str(socket_path))
+                    return process, sock
+                except ConnectionRefusedError:
+                    sock.close()
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise cls.timeout_error(timeout)
+            time.sleep(0.01)
+
+    katex.KaTeXServer.start_server_process = classmethod(start_server_process)
 
 
 def setup(app):
