@@ -8,6 +8,7 @@ filled with a real notebook). A command added to the guide without an entry fail
 
 from __future__ import annotations
 
+import importlib
 import re
 import socket
 import subprocess
@@ -64,6 +65,10 @@ EXERCISED = {
     r"\.venv/bin/nox -R -s tests -- (tests/\S+\.py ?)+": "test_named_test_files_exist",
     r"python3 -m http\.server --directory _build/html 8000": "test_http_server_serves_the_site",
     r"nox -s notebooks-gpu( -- .*)?": "test_notebooks_gpu_refuses_without_cuda",
+    # tests in another module are named "module::test" (imported here, they would run twice)
+    r"nox -s gpu-bundle": "test_gpu_runs::test_bundle_is_under_64_mib_and_holds_no_torch",
+    r"examples/gpu-runs/run\.sh":
+        "test_gpu_runs::test_run_sh_installs_the_bundle_offline_and_stores_a_notebook_with_provenance",
 }
 
 
@@ -80,6 +85,9 @@ def test_every_documented_command_is_exercised():
         how = _entry(cmd)
         if how == "ci":
             _ci(cmd)
+        elif "::" in how:
+            module, name = how.split("::")
+            assert hasattr(importlib.import_module(module), name), f"{cmd!r} names a missing test {how!r}"
         else:
             assert how in globals(), f"{cmd!r} names a test {how!r} that does not exist"
 
