@@ -129,10 +129,26 @@ copybutton_exclude = ".linenos, .gp, .go"
 copybutton_selector = "div:not(.output) > div.highlight pre"
 
 
-
 def setup(app):
     if not katex_prerender:
         app.add_js_file("katex/auto-render.min.js", priority=501)  # after katex.min.js (priority 500)
+        # sphinxcontrib-katex writes a display equation's TeX into the page unescaped (inline math
+        # and nowrap blocks it escapes), so `\sum_{s<r}` opened an HTML tag and the rest of the
+        # equation was lost. Escape it as HTML text; the browser hands KaTeX the same characters back.
+        import html
+
+        import sphinxcontrib.katex as katex
+        from docutils import nodes
+
+        tex = katex.get_latex
+
+        def get_latex(node):
+            text = tex(node)
+            if isinstance(node, nodes.math_block) and not node.get("nowrap"):
+                return html.escape(text, quote=False)
+            return text
+
+        katex.get_latex = get_latex
 
 
 # -- Intersphinx -------------------------------------------------------------------

@@ -197,3 +197,17 @@ def test_figure_alt_check_catches_a_path_and_a_missing_alt(tmp_path):
         '<img src="y.png"/><img alt="Reward per step for three seeds, rising" src="z.png"/></div>'
     )
     assert len(figure_alt_problems(tmp_path)) == 2
+
+
+def test_browser_typeset_display_math_is_escaped_html():
+    # Without node (KATEX_PRERENDER=0) the TeX goes into the page for KaTeX to typeset in the browser:
+    # `<` must arrive as text, not open a tag that swallows the rest of the equation.
+    code = (
+        "import conf, types, sphinxcontrib.katex as k; from docutils import nodes\n"
+        "conf.setup(types.SimpleNamespace(add_js_file=lambda *a, **kw: None))\n"
+        "print(k.get_latex(nodes.math_block('s<r', 's<r')), k.get_latex(nodes.math('a<b', 'a<b')))\n"
+    )
+    env = {**os.environ, "KATEX_PRERENDER": "0"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["s&lt;r", "a<b"]  # inline math is escaped by the extension itself
