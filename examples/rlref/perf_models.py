@@ -357,7 +357,7 @@ def exact_matmul_flops_per_token(cfg: DecoderConfig, seq_len: int, causal_half: 
 
 def nemo_rl_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
     """Training FLOPs per token by the formula NeMo RL's tracker picks for ``cfg.family``
-    (nemo_rl/utils/flops_tracker.py:47-77; formulas nemo_rl/utils/flops_formulas.py:73-222):
+    (nemo_rl/utils/flops_tracker.py:47-80; formulas nemo_rl/utils/flops_formulas.py:73-222):
 
     - llama (73-88): ``L h^2 (12 + 12 n_kv/n_q + 18 f/h + 6 s/h + 6 V/(L h))``;
     - qwen2 (127-167): ``6 L h^2 (3 + 1 + s/h) + 18 L h f + 6 h V``: Q, K and V counted as
