@@ -1225,7 +1225,7 @@ def topk_projection_matrix(indices: torch.Tensor, likelihoods: torch.Tensor, tea
 
     Negative ids (the ``-1`` "no mapping" sentinel) and ids ``>= teacher_vocab_size`` are dropped.
     NeMo RL: ``get_sparse_projection_matrix`` (nemo_rl/algorithms/x_token/loss_utils.py:744-821)
-    builds the same matrix as sparse COO from the projection file.
+    builds the same matrix as a sparse (coordinate-format) tensor from the projection file.
     """
     indices, likelihoods = _check_projection(indices, likelihoods)
     if not isinstance(teacher_vocab_size, int) or teacher_vocab_size < 1:

@@ -335,7 +335,7 @@ class _Group:
             ent_tok = -(lp.exp() * lp).sum(-1)
         return logits, curr, ent_tok
 
-    def _train_step(self, ids_all, datas, widths, B, first_forward=None):
+    def _train_step(self, ids_all, batches_data, widths, B, first_forward=None):
         """train_step for all seeds: global batches -> micro-batches -> per-seed clip -> AdamW.
 
         ``first_forward``: the output of :meth:`_forward_train` on the whole batch, reused when the
@@ -352,7 +352,7 @@ class _Group:
             mb_rows = n_rows if cfg0.train_micro_batch_size is None else cfg0.train_micro_batch_size
             for p in self.P.values():
                 p.grad = None
-            gb = [_slice_rows(d, rs, B) for d in datas]
+            gb = [_slice_rows(d, rs, B) for d in batches_data]
             sms = [d["sample_mask"].float() for d in gb]
             masks = [d["token_mask"][:, 1:].float() * sm[:, None] for d, sm in zip(gb, sms, strict=True)]
             gvs = [sm.sum() for sm in sms]
@@ -484,7 +484,7 @@ class _Group:
         lp_time = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        advs, masks, datas = [], [], []
+        advs, masks, batches_data = [], [], []
         for k, (run, b) in enumerate(zip(runs, batches, strict=True)):
             prev = prev_all[k, :, : widths[k]].contiguous()
             ref = ref_all[k, :, : widths[k]].contiguous()
@@ -494,11 +494,11 @@ class _Group:
             d.update(advantages=a, prev_logprobs=prev, reference_policy_logprobs=ref)
             advs.append(a)
             masks.append(mask)
-            datas.append(d)
+            batches_data.append(d)
         adv_time = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        tms = self._train_step(ids_all, datas, widths, B, first_forward)
+        tms = self._train_step(ids_all, batches_data, widths, B, first_forward)
         train_time = time.perf_counter() - t0
         total = time.perf_counter() - t_step
 
