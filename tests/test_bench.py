@@ -235,6 +235,7 @@ def test_float_format_table_values():
     assert [(r["exponent_bits"], r["mantissa_bits"]) for r in rows.values()] == [
         (8, 23), (8, 7), (5, 10), (4, 3), (5, 2)]
     assert rows["bfloat16"]["eps"] == 2.0 ** -7
+    assert rows["bfloat16"]["decimal_digits"] == pytest.approx(8 * math.log10(2))  # 7 stored + hidden bit
     assert rows["float16"]["max"] == 65504.0
     assert rows["float8_e4m3fn"]["max"] == 448.0
     assert rows["float8_e5m2"]["max"] == 57344.0

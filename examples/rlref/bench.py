@@ -409,7 +409,8 @@ def float_format_table(dtypes: Sequence[torch.dtype]) -> list[dict[str, object]]
     """One row per dtype from ``torch.finfo``: bits, exponent and mantissa bits, eps, range, digits.
 
     ``mantissa_bits = -log2(eps)`` (stored fraction bits), ``exponent_bits = bits - 1 - mantissa_bits``,
-    ``decimal_digits = mantissa_bits * log10(2)``: the relative rounding error is at most ``eps / 2``.
+    ``decimal_digits = (mantissa_bits + 1) * log10(2)``, counting the implicit leading bit (bf16: 2.4):
+    the relative rounding error is at most ``eps / 2``.
     """
     rows = []
     for dt in dtypes:
@@ -424,7 +425,7 @@ def float_format_table(dtypes: Sequence[torch.dtype]) -> list[dict[str, object]]
             "max": fi.max,
             "smallest_normal": fi.smallest_normal,
             "smallest_subnormal": smallest_subnormal(dt),
-            "decimal_digits": mant * math.log10(2),
+            "decimal_digits": (mant + 1) * math.log10(2),
         })
     return rows
 
