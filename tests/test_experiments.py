@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats as st
 
+from rlref import experiments as ex
 from rlref.experiments import (
     area_under_curve,
     capture_rng_state,
@@ -175,3 +176,56 @@ def test_paired_t_test_when_every_difference_is_equal():
     assert same.pvalue == 1.0 and same.statistic == 0.0
     shifted = paired_t_test([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
     assert shifted.pvalue == 0.0 and shifted.statistic == float("inf")
+
+
+# -- shared lab experiments ------------------------------------------------------------------------
+
+def _tiny_lab():
+    from rlref.lab import VOCAB_SIZE, PolicyConfig
+
+    lab = ex.research_lab("small")
+    policy = PolicyConfig(VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    base = lab.base.replace(max_num_steps=2, num_prompts_per_step=4, train_global_batch_size=None)
+    return ex.ResearchLab(policy, lab.task, base)
+
+
+def test_research_lab_is_a_learning_task_with_held_out_prompts_and_nemo_default_loss():
+    lab = ex.research_lab("small")
+    assert lab.task.name == "last" and lab.task.constant_policy_score() == pytest.approx(0.1)
+    assert lab.task.uniform_policy_score("held_out") == pytest.approx(0.1) and lab.task.held_out_problems()
+    loss = lab.base.loss_fn
+    clip = (loss.ratio_clip_min, loss.ratio_clip_max, loss.ratio_clip_c, loss.token_level_loss)
+    assert clip == (0.2, 0.2, None, True)
+    assert lab.arm(3, lr=1e-3).seed == 3 and lab.arm(3, lr=1e-3).lr == 1e-3
+    with pytest.raises(ValueError, match="scale"):
+        ex.research_lab("medium")
+
+
+def test_train_arms_matches_grpo_train_and_shares_arms_through_the_cache(tmp_path, monkeypatch):
+    from rlref.lab import TinyCausalLM, grpo_train
+
+    monkeypatch.setenv("RLREF_RESULTS_CACHE", str(tmp_path))
+    lab = _tiny_lab()
+    arms = {"a": [lab.arm(s) for s in (0, 1)], "b": [lab.arm(s, normalize_rewards=False) for s in (0, 1)]}
+    runs = ex.train_arms(lab.policy, lab.task, arms)
+    ref = TinyCausalLM(lab.policy, seed=1)
+    h = grpo_train(ref, lab.task, arms["b"][1])
+    assert np.allclose(runs["b"].histories[1].series("train/reward"), h.series("train/reward"))
+    got = ex.load_policies(lab.policy, runs["b"])[1]
+    for (k, v), w in zip(ref.state_dict().items(), got.state_dict().values(), strict=True):
+        assert torch.allclose(v, w, atol=1e-5), k
+    # another notebook naming the same configs differently trains nothing
+    monkeypatch.setattr("rlref.lab.grpo_train_seeds", lambda *a, **k: pytest.fail("trained a cached arm"))
+    again = ex.train_arms(lab.policy, lab.task, {"other name": arms["b"]})
+    assert np.array_equal(again["other name"].histories[0].series("train/reward"),
+                          runs["b"].histories[0].series("train/reward"))
+
+
+def test_train_arms_rejects_bad_arms():
+    lab = _tiny_lab()
+    with pytest.raises(ValueError, match="non-empty"):
+        ex.train_arms(lab.policy, lab.task, {})
+    with pytest.raises(ValueError, match="arms\\['a'\\]"):
+        ex.train_arms(lab.policy, lab.task, {"a": []})
+    with pytest.raises(TypeError, match="ArmRuns"):
+        ex.load_policies(lab.policy, [])

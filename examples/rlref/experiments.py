@@ -8,6 +8,12 @@ Metrics of one run (one number per seed, for :mod:`rlref.stats`):
 Paired designs (every arm run with the same seeds):
     :func:`paired_t_test` and :func:`paired_seeds_for_power`, the paired counterparts of
     :func:`rlref.stats.welch_t_test` and :func:`rlref.stats.seeds_for_power`.
+Lab experiments shared by the research pages:
+    :func:`research_lab` (the policy, learning task and GRPO config the experimental-design, ablation
+    and custom-algorithms notebooks start from) and :func:`train_arms` (every arm x seed in one
+    :func:`rlref.lab.grpo_train_seeds` call, each arm cached on its own in :mod:`rlref.results_cache`,
+    so two notebooks that run the same configs on the same seeds train them once per build);
+    :func:`load_policies` rebuilds the trained policies from the cached weights.
 Reproducibility:
     :func:`parameter_fingerprint` (sha256 of a model's parameters), :func:`first_difference` (the
     first step and metric where two runs differ), :func:`capture_rng_state` /
@@ -23,6 +29,7 @@ import hashlib
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +42,7 @@ __all__ = [
     "final_value", "area_under_curve", "steps_to_threshold", "mean_pass_at_k", "naive_pass_at_k",
     "paired_t_test", "paired_seeds_for_power", "parameter_fingerprint", "first_difference",
     "capture_rng_state", "restore_rng_state", "chunked_sum",
+    "ResearchLab", "research_lab", "ArmRuns", "train_arms", "load_policies",
 ]
 
 
@@ -248,3 +256,126 @@ def chunked_sum(values: torch.Tensor, chunk: int) -> torch.Tensor:
     for p in partials:  # then the partial sums, left to right
         total = total + p
     return total
+
+
+# ==================================================================================================
+# Lab experiments shared by the research notebooks
+# ==================================================================================================
+
+
+@dataclass(frozen=True)
+class ResearchLab:
+    """The setup the research notebooks share: ``policy`` (a TinyCausalLM config), ``task`` and ``base``
+    (the control arm's :class:`rlref.lab.GRPOConfig`, seed 0). ``arm(seed, **changes)`` is the config
+    of one run: the base with ``seed`` and the changed keys."""
+
+    policy: object
+    task: object
+    base: object
+
+    def arm(self, seed: int, **changes):
+        return self.base.replace(seed=seed, **changes)
+
+
+def research_lab(scale: str = "small", device: str = "cpu") -> ResearchLab:
+    """The research pages' control: GRPO with NeMo RL's default loss on the learning task ``last``.
+
+    Task ``last`` (3 digits, answer = the last digit, one response token): a constant and a uniformly
+    random answer both score 0.1, and about a quarter of the prompt contexts are held out of training.
+    Control arm: 16 prompts x 8 responses per step, two optimizer steps per batch
+    (``train_global_batch_size=64``, so the ratio leaves 1 and the clip can act), leave-one-out
+    baseline, reward normalisation, NeMo RL's default loss (``ratio_clip_min = ratio_clip_max = 0.2``,
+    no dual clip, ``reference_policy_kl_penalty=0.01``, ``token_level_loss=True``;
+    examples/configs/grpo_math_1B.yaml:80-102 in NeMo RL), lr 1e-2 for the tiny policy.
+    ``scale="small"``: a 14K-parameter policy, 40 steps (learns from chance to about a third of the
+    prompts); ``"full"``: a 0.1M-parameter policy, 120 steps.
+    """
+    from rlref.lab import VOCAB_SIZE, GRPOConfig, PolicyConfig, make_task
+    from rlref.losses import ClippedPGLossConfig
+
+    if scale not in ("small", "full"):
+        raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str such as 'cpu' or 'cuda', got {type(device).__name__}")
+    small = scale == "small"
+    policy = PolicyConfig(VOCAB_SIZE, d_model=32 if small else 64, n_layers=1 if small else 2, n_heads=4,
+                          max_seq_len=16)
+    base = GRPOConfig(num_prompts_per_step=16, num_generations_per_prompt=8, train_global_batch_size=64,
+                      max_num_steps=40 if small else 120, lr=1e-2,
+                      loss_fn=ClippedPGLossConfig(reference_policy_kl_penalty=0.01), device=device)
+    return ResearchLab(policy=policy, task=make_task("last", 3), base=base)
+
+
+@dataclass
+class ArmRuns:
+    """The runs of one arm, one per seed: ``histories`` (rlref.lab.History) and ``states`` (the trained
+    policies' ``state_dict``s on the CPU, for :func:`load_policies`)."""
+
+    histories: list
+    states: list
+
+
+class _Miss(Exception):
+    """Raised inside a cache probe: the arm is not stored yet."""
+
+
+def _arm_key(policy, task, configs) -> dict:
+    return {"what": "rlref.experiments.train_arms v1", "policy": policy, "task": task,
+            "configs": list(configs)}
+
+
+def train_arms(policy, task, arms: Mapping[str, Sequence], *, cache: bool = True) -> dict[str, ArmRuns]:
+    """Train every arm over its seeds: ``arms`` maps an arm name to its GRPOConfigs (one per seed).
+
+    Each seed's policy is ``TinyCausalLM(policy, seed=config.seed)``. All arms missing from the results
+    cache are trained in one :func:`rlref.lab.grpo_train_seeds` call; each arm is then stored under a
+    key made of ``policy``, ``task`` and its configs only (not its name), so another notebook that runs
+    the same configs gets them without training. ``cache=False`` always trains.
+    """
+    from rlref.lab import TinyCausalLM, grpo_train_seeds
+    from rlref.results_cache import cached
+
+    if not isinstance(arms, Mapping) or not arms:
+        raise ValueError("arms must be a non-empty mapping of arm name -> list of GRPOConfig")
+    for name, configs in arms.items():
+        if isinstance(configs, (str, bytes)) or not isinstance(configs, Sequence) or not configs:
+            raise ValueError(f"arms[{name!r}] must be a non-empty list of GRPOConfig (one per seed)")
+    out: dict[str, ArmRuns] = {}
+    if cache:
+        for name, configs in arms.items():
+            try:
+                out[name] = cached(_arm_key(policy, task, configs), _raise_miss)
+            except _Miss:
+                pass
+    missing = [name for name in arms if name not in out]
+    if missing:
+        flat = [c for name in missing for c in arms[name]]
+        policies = [TinyCausalLM(policy, seed=c.seed) for c in flat]
+        histories = grpo_train_seeds(policies, task, flat)
+        i = 0
+        for name in missing:
+            n = len(arms[name])
+            runs = ArmRuns(histories=list(histories[i:i + n]),
+                           states=[{k: v.detach().cpu().clone() for k, v in p.state_dict().items()}
+                                   for p in policies[i:i + n]])
+            i += n
+            out[name] = cached(_arm_key(policy, task, arms[name]), lambda runs=runs: runs) if cache else runs
+    return {name: out[name] for name in arms}
+
+
+def _raise_miss():
+    raise _Miss
+
+
+def load_policies(policy, runs: ArmRuns) -> list:
+    """The trained policies of one arm: ``TinyCausalLM(policy)`` with each stored ``state_dict``."""
+    from rlref.lab import TinyCausalLM
+
+    if not isinstance(runs, ArmRuns):
+        raise TypeError(f"runs must be an ArmRuns from train_arms, got {type(runs).__name__}")
+    models = []
+    for state in runs.states:
+        m = TinyCausalLM(policy, seed=0)
+        m.load_state_dict(state)
+        models.append(m)
+    return models
