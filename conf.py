@@ -118,6 +118,8 @@ html_theme_options["launch_buttons"] = {
     "binderhub_url": "https://mybinder.org",
     "notebook_interface": "jupyterlab",
 }
+# One search field on a wide screen: the header's (the theme's sidebar repeats it below the title).
+html_sidebars = {"**": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html"]}
 html_favicon = "docs/_static/favicon.svg"
 templates_path = ["docs/_templates"]  # layout.html: search scripts only on the search page, no fontawesome.js
 html_css_files = ["site.css"]  # wrapping inline code, tables that scroll, badge and tag colours

@@ -359,3 +359,19 @@ def test_search_scripts_load_only_on_the_search_page(server):
         text = (html / page).read_text("utf-8")
         for script in ("searchindex.js", "searchtools.js", "fontawesome.js"):
             assert script not in text, f"{page} loads {script}"
+
+
+def test_one_search_field_on_a_wide_screen_and_a_search_button_on_a_phone(server, visit):
+    base, _ = server
+    visible = """sel => [...document.querySelectorAll(sel)].filter(e => {
+        const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+        return r.width > 0 && r.height > 0 && s.visibility !== 'hidden';
+    }).length"""
+    visit.page.set_viewport_size(DESKTOP)
+    visit.page.goto(f"{base}/{GRPO_PAGE}", wait_until="load")
+    assert visit.page.evaluate(visible, "button.search-button-field") == 1
+    visit.page.set_viewport_size(PHONE)
+    visit.page.goto(f"{base}/{GRPO_PAGE}", wait_until="load")
+    assert visit.page.evaluate(visible, "button.search-button-field") == 0
+    assert visit.page.evaluate(visible, "button.search-button") >= 1  # the article bar's magnifier
+    visit.check_stayed_local()

@@ -5,6 +5,9 @@
   ``type="module"``: module and deferred scripts run in document order once the page is parsed, so
   ``DOCUMENTATION_OPTIONS.pagename = ...`` still runs after documentation_options.js defines it.
   The search page keeps them as they are: its searchtools.js runs in the body and needs doctools.js.
+- The theme's stylesheet loses the rules for classes that no built page and no script names
+  (most of Bootstrap's utilities and Font Awesome's icon list); rules for classes that scripts
+  compose at run time stay.
 - Pages with math preload the two KaTeX fonts nearly every expression uses, so prerendered
   equations do not wait for the stylesheet before their fonts start to download; pages without math
   do not load KaTeX's stylesheets at all.
@@ -14,6 +17,9 @@ console errors), and ``nox -s lighthouse`` measures the effect.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from sphinx.application import Sphinx
 from sphinx.builders.html._assets import _JavaScript
@@ -64,4 +70,95 @@ def lighten(app: Sphinx, pagename: str, templatename: str, context: dict, doctre
 def setup(app: Sphinx) -> dict:
     # After the theme's own html-page-context handlers (default priority 500), which add inline scripts.
     app.connect("html-page-context", lighten, priority=900)
+    app.connect("build-finished", purge_theme_stylesheet)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# -- The theme's stylesheet, without rules for classes no page or script uses --------------------
+#: pydata-sphinx-theme.css is 377 KB (Bootstrap 5 and every Font Awesome icon), nearly all unused
+#: here; a reader's browser downloads it and matches every rule on every page.
+PURGED_STYLESHEETS = ("_static/styles/pydata-sphinx-theme.css",)
+#: Classes Bootstrap and the theme add from script by composing names; rules for them always stay.
+DYNAMIC_CLASS_WORDS = ("tooltip", "popover", "modal", "collapse", "dropdown", "offcanvas", "show", "fade",
+                       "active", "disabled", "toast", "carousel", "was-validated", "scroll")
+_CLASS = re.compile(r"\.(-?[_a-zA-Z][_a-zA-Z0-9-]*)")
+_WORD = re.compile(r"[_a-zA-Z][_a-zA-Z0-9-]*")
+
+
+def used_words(outdir: Path) -> set[str]:
+    """Every word in the built pages and their scripts: a class outside this set can match nothing."""
+    words: set[str] = set()
+    for pattern in ("**/*.html", "_static/**/*.js"):
+        for path in outdir.glob(pattern):
+            words.update(_WORD.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return words
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside parentheses and brackets (selector lists like ``:is(.a, .b)``)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _selector_can_match(selector: str, words: set[str]) -> bool:
+    # classes inside :not(...), :is(...), :where(...) and :has(...) need not all be present
+    required = re.sub(r":(not|is|where|has)\((?:[^()]|\([^()]*\))*\)", "", selector)
+    for name in _CLASS.findall(required):
+        if name not in words and not any(w in name for w in DYNAMIC_CLASS_WORDS):
+            return False
+    return True
+
+
+def purge_css(css: str, words: set[str]) -> str:
+    """The stylesheet without the selectors (and rules) that need a class no page or script has."""
+    out, i, n = [], 0, len(css)
+    while i < n:
+        brace = css.find("{", i)
+        if brace < 0:
+            out.append(css[i:])
+            break
+        prelude = css[i:brace]
+        depth, j = 1, brace + 1
+        while depth and j < n:  # the matching close brace (strings in this CSS hold no braces)
+            depth += {"{": 1, "}": -1}.get(css[j], 0)
+            j += 1
+        body = css[brace + 1 : j - 1]
+        # statements such as @charset "UTF-8"; and comments before the rule belong to the output
+        lead, _, prelude = prelude.rpartition(";")
+        if lead:
+            out.append(lead + ";")
+        out.extend(re.findall(r"/\*!.*?\*/", prelude, flags=re.S))  # licence notices stay
+        prelude = re.sub(r"/\*.*?\*/", "", prelude, flags=re.S)
+        head = prelude.strip()
+        if head.startswith(("@media", "@supports")):
+            inner = purge_css(body, words)
+            if inner.strip():
+                out.append(f"{prelude}{{{inner}}}")
+        elif head.startswith("@") or not head:
+            out.append(f"{prelude}{{{body}}}")
+        else:
+            kept = [s for s in _split_top(prelude, ",") if _selector_can_match(s, words)]
+            if kept:
+                out.append(",".join(kept) + "{" + body + "}")
+        i = j
+    return "".join(out)
+
+
+def purge_theme_stylesheet(app: Sphinx, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    outdir = Path(app.outdir)
+    words = used_words(outdir)
+    for name in PURGED_STYLESHEETS:
+        path = outdir / name
+        if path.is_file():
+            path.write_text(purge_css(path.read_text(encoding="utf-8"), words), encoding="utf-8")
