@@ -8,6 +8,7 @@ import pytest
 
 from rlref.hpo import (
     best_so_far,
+    expected_accuracy,
     format_override,
     grpo_command,
     overrides_from_params,
@@ -200,3 +201,41 @@ def test_median_pruner_compares_the_best_value_so_far():
     t2.report(0.25, 2)
     t2.report(0.29, 3)  # best so far 0.29 < 0.3
     assert t2.should_prune()
+
+
+def test_expected_accuracy_is_the_exact_mean_of_sampled_accuracy():
+    """One forward pass gives what averaging many sampled evaluations estimates."""
+    import torch
+
+    from rlref.lab import VOCAB_SIZE, PolicyConfig, TinyCausalLM, evaluate, make_task
+
+    policy = TinyCausalLM(PolicyConfig(VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, max_seq_len=12), seed=3)
+    for task in (make_task("last"), make_task("copy", 2)):  # one-token and two-token answers
+        problems = task.sample_prompts(40, torch.Generator().manual_seed(0))
+        exact = expected_accuracy(policy, problems)
+        with torch.no_grad():  # by hand: product over answer tokens of softmax(logits) at each position
+            manual = []
+            for p in problems:
+                ids = torch.tensor([list(p.prompt) + list(p.answer)])
+                logp = torch.log_softmax(policy(ids)[0], -1)
+                lp = [logp[len(p.prompt) - 1 + t, a] for t, a in enumerate(p.answer)]
+                manual.append(float(sum(lp).exp()))
+        assert exact == pytest.approx(np.mean(manual), rel=1e-5)
+        gen = torch.Generator().manual_seed(1)
+        sampled = np.mean([evaluate(policy, problems, temperature=1.0, generator=gen)["accuracy"]
+                           for _ in range(400)])
+        assert abs(sampled - exact) < 4 * math.sqrt(exact * (1 - exact) / (400 * 40)) + 1e-3
+
+
+def test_expected_accuracy_rejects_what_it_cannot_compute():
+    from rlref.lab import VOCAB_SIZE, PolicyConfig, TinyCausalLM, make_task
+
+    policy = TinyCausalLM(PolicyConfig(VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, max_seq_len=12), seed=0)
+    with pytest.raises(ValueError, match="greater"):
+        expected_accuracy(policy, make_task("greater").sample_prompts(2))
+    with pytest.raises(ValueError, match="extra_tokens"):
+        expected_accuracy(policy, make_task("last", extra_tokens=1).sample_prompts(2))
+    with pytest.raises(ValueError, match="empty"):
+        expected_accuracy(policy, [])
+    with pytest.raises(TypeError, match="Problems"):
+        expected_accuracy(policy, [(1, 2, 3)])

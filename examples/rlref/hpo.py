@@ -11,7 +11,8 @@ the YAML; nemo_rl/utils/config.py:172-192) and loggers that write TensorBoard ev
 
 Study summaries used by the Hyperparameter Optimization notebook:
     :func:`best_so_far` (running best of the trial values), :func:`pareto_mask` (non-dominated
-    points of a multi-objective study) and :func:`pruning_savings` (training steps a pruner saved).
+    points of a multi-objective study) and :func:`pruning_savings` (training steps a pruner saved);
+    :func:`expected_accuracy`, a trial's objective: the exact held-out reward of the sampling policy.
 
 Nothing here imports ``nemo_rl``.
 """
@@ -27,7 +28,7 @@ import numpy as np
 
 __all__ = [
     "format_override", "overrides_from_params", "grpo_command", "read_scalars", "best_so_far",
-    "pareto_mask", "pruning_savings",
+    "pareto_mask", "pruning_savings", "expected_accuracy",
 ]
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -197,3 +198,36 @@ def pruning_savings(steps_run: Sequence[int], full_steps: int) -> dict[str, floa
     total, full = sum(s), len(s) * full_steps
     return {"trials": float(len(s)), "pruned": float(sum(x < full_steps for x in s)),
             "steps_run": float(total), "steps_full": float(full), "saved_fraction": 1.0 - total / full}
+
+
+def expected_accuracy(policy, problems: Sequence) -> float:
+    """Exact expected accuracy of sampling at temperature 1: ``mean_p prod_t pi(a_t | prompt, a_<t)``.
+
+    For a task whose only correct response is the answer and which allows no extra tokens
+    (``last``, ``pick``, ``copy``, ... with ``extra_tokens=0``), this is the expected
+    ``reward/correct`` of one sampled response per problem, computed from one forward pass instead
+    of estimated from samples. NeMo RL's counterpart is ``validation/accuracy`` (a sampled estimate
+    on ``data.validation``, nemo_rl/algorithms/grpo.py:638-641).
+    """
+    import torch
+
+    from rlref.lab.rollout import pad_sequences, sequence_logprobs
+
+    problems = list(problems)
+    if not problems:
+        raise ValueError("problems is empty")
+    for p in problems:
+        if not all(hasattr(p, k) for k in ("prompt", "answer", "max_new_tokens", "task")):
+            raise TypeError(f"problems must be rlref.lab Problems, got {type(p).__name__}")
+        if p.task.name == "greater":
+            raise ValueError("expected_accuracy needs a task with one correct response; "
+                             "'greater' accepts several")
+        if p.max_new_tokens != len(p.answer):
+            raise ValueError("expected_accuracy needs extra_tokens=0 (the response is exactly the answer)")
+    ids = pad_sequences([list(p.prompt) + list(p.answer) for p in problems])
+    lp = sequence_logprobs(policy, ids).cpu()  # column t = log pi(token t | tokens < t)
+    start = torch.tensor([len(p.prompt) for p in problems]).unsqueeze(1)
+    end = start + torch.tensor([len(p.answer) for p in problems]).unsqueeze(1)
+    col = torch.arange(ids.shape[1]).unsqueeze(0)
+    mask = (col >= start) & (col < end)
+    return float(torch.where(mask, lp, 0.0).sum(1).exp().mean())
