@@ -133,7 +133,7 @@ def test_lab_run_with_the_custom_loss_keeps_entropy_higher():
     ents = {}
     for coef in (0.0, 0.5):
         policy = TinyCausalLM(cfg, seed=0)
-        h = grpo_train(policy, make_task("greater"),
+        h = grpo_train(policy, make_task("last"),
                        GRPOConfig(num_prompts_per_step=8, num_generations_per_prompt=4, max_num_steps=8,
                                   seed=0, loss_fn=EntropyBonusPGLoss(coef)))
         assert all(s["lab/nonfinite"] == 0.0 for s in h)

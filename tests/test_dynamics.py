@@ -69,7 +69,7 @@ def test_clip_fraction_loss_bad_inner():
 
 def test_clip_fraction_in_lab_run():
     P = PolicyConfig(VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
-    h = grpo_train(TinyCausalLM(P, seed=0), make_task("greater"),
+    h = grpo_train(TinyCausalLM(P, seed=0), make_task("last"),
                    GRPOConfig(num_prompts_per_step=4, num_generations_per_prompt=4, max_num_steps=3,
                               train_global_batch_size=8, lr=1e-2, loss_fn=ClipFractionLoss(ClippedPGLoss())))
     cf = h.series("lab/clip_fraction")
