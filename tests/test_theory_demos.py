@@ -101,6 +101,52 @@ def test_unbiased_baselines_and_the_group_mean_shrinkage(toy):
         assert slope == pytest.approx(expected, abs=0.03), baseline
 
 
+def _enumerated_variance(probs, scores, rewards, G, baseline):
+    """E||g_hat - E g_hat||^2 by summing over all N^G ordered groups (tiny problems only)."""
+    N = probs.numel()
+    groups = torch.cartesian_prod(*[torch.arange(N)] * G).reshape(-1, G)
+    weight = probs[groups].prod(-1)
+    r = rewards[groups]
+    b = (r.sum(1, keepdim=True) - r) / (G - 1) if baseline == "leave_one_out" else r.mean(1, keepdim=True)
+    est = (((r - b) / G)[..., None] * scores[groups]).sum(1)
+    mean = weight @ est
+    return float(weight @ (est - mean).square().sum(-1))
+
+
+@pytest.mark.parametrize("G", [2, 3, 4])
+def test_leave_one_out_and_group_mean_variances_match_enumeration(G):
+    pol = TabularSequencePolicy(2, 3)
+    theta = pol.init_theta(0.8, torch.Generator().manual_seed(5))
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 2.0, 0.0, 1.0, 0.3], dtype=torch.float64)  # not only 0/1
+    probs, scores = pol.sequence_probs(theta), pol.scores(theta)
+    for baseline in ("leave_one_out", "group_mean"):
+        exact = pg_variance_exact(probs, scores, rewards, G, baseline)
+        assert exact == pytest.approx(_enumerated_variance(probs, scores, rewards, G, baseline), rel=1e-10)
+    # never below the oracle constant baseline, equal in the limit: the excess is c / (G - 1)
+    J = float((probs * rewards).sum())
+    ratio = pg_variance_exact(probs, scores, rewards, G, "leave_one_out") / pg_variance_exact(
+        probs, scores, rewards, G, J)
+    assert ratio > 1.0
+
+
+def test_leave_one_out_monte_carlo_variance_matches_the_exact_formula(toy):
+    pol, theta, rewards = toy
+    probs, scores = pol.sequence_probs(theta), pol.scores(theta)
+    for baseline in ("leave_one_out", "group_mean"):
+        est = pg_estimates(probs, scores, rewards, 6, 40_000, baseline, torch.Generator().manual_seed(4))
+        mc = float((est - est.mean(0)).square().sum(-1).mean())
+        assert mc == pytest.approx(pg_variance_exact(probs, scores, rewards, 6, baseline), rel=0.05)
+
+
+def test_pg_variance_exact_rejects_bad_input(toy):
+    pol, theta, rewards = toy
+    probs, scores = pol.sequence_probs(theta), pol.scores(theta)
+    with pytest.raises(ValueError, match="baseline"):
+        pg_variance_exact(probs, scores, rewards, 4, "mean")
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        pg_variance_exact(probs, scores, rewards, 1, "leave_one_out")
+
+
 def test_group_mean_estimate_is_exactly_a_shrunk_leave_one_out_estimate(toy):
     pol, theta, rewards = toy
     probs, scores = pol.sequence_probs(theta), pol.scores(theta)
@@ -161,6 +207,21 @@ def test_kl_estimators_k1_k3_unbiased_k2_biased_and_signs():
     assert st["k1"]["frac_negative"] > 0.05
     assert st["k2"]["frac_negative"] == 0.0 and st["k3"]["frac_negative"] == 0.0
     assert st["k3"]["std"] < st["k1"]["std"]
+
+
+def test_kl_estimator_exact_moments_match_monte_carlo():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(12, generator=gen)
+    st = kl_estimator_stats(logits, logits + 0.8 * torch.randn(12, generator=gen), 200_000, gen)
+    assert st["k1"]["exact_bias"] == pytest.approx(0.0, abs=1e-12)
+    assert st["k3"]["exact_bias"] == pytest.approx(0.0, abs=1e-12)
+    assert st["k3"]["exact_frac_negative"] == 0.0 and st["k2"]["exact_frac_negative"] == 0.0
+    assert 0.0 < st["k1"]["exact_frac_negative"] < 1.0
+    for k in ("k1", "k2", "k3"):
+        se = st[k]["std"] / math.sqrt(200_000)
+        assert abs(st[k]["bias"] - st[k]["exact_bias"]) < 5 * se, k
+        assert st[k]["std"] == pytest.approx(st[k]["exact_std"], rel=0.03), k
+        assert st[k]["frac_negative"] == pytest.approx(st[k]["exact_frac_negative"], abs=0.01), k
 
 
 def test_k1_spread_is_about_sqrt_two_kl_for_close_policies():

@@ -234,17 +234,44 @@ def pg_estimates(
 
 
 def pg_variance_exact(
-    probs: torch.Tensor, scores: torch.Tensor, rewards: torch.Tensor, group_size: int, baseline: float = 0.0
+    probs: torch.Tensor,
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    baseline: float | str = 0.0,
 ) -> float:
-    """Exact total variance ``E||g_hat - g||^2`` of the estimator with a *constant* baseline ``b``.
+    """Exact total variance ``E||g_hat - E g_hat||^2`` of :func:`pg_estimates`.
 
-    ``(1/G) (sum_y pi(y) (R(y) - b)^2 ||grad log pi(y)||^2 - ||g||^2)``, where ``g = grad J`` (the
-    mean does not depend on ``b`` because ``E[grad log pi] = 0``).
+    ``baseline`` a number ``b`` (a constant baseline): ``(1/G) (E[(R - b)^2 ||s||^2] - ||g||^2)``
+    with ``s = grad log pi(y)`` and ``g = grad J`` (the mean is ``g`` for every ``b``, since
+    ``E[s] = 0``).
+
+    ``"leave_one_out"``: the estimate is the U-statistic ``(1/(G(G-1))) sum_{i<j} (R_i - R_j)(s_i - s_j)``,
+    so (Hoeffding) its variance is ``((G-2) v + 2 z) / (G(G-1))`` with ``v = E[(R - J)^2 ||s||^2] - ||g||^2``
+    (the one-sample variance with the oracle baseline ``J``) and
+    ``z = E[(R_1 - R_2)^2 ||s_1 - s_2||^2] / 4 - ||g||^2`` (two independent responses). Since
+    ``z >= v / 2`` it is never below the oracle's ``v / G``, and the excess falls like ``1/(G-1)``.
+
+    ``"group_mean"``: that estimate times ``(G-1)/G`` exactly, so ``((G-1)/G)^2`` times the variance.
     """
     G = _check_positive_int("group_size", group_size)
     g = (probs * rewards) @ scores
-    second = (probs * (rewards - baseline) ** 2 * scores.square().sum(-1)).sum()
-    return float((second - g.square().sum()) / G)
+    g2 = g.square().sum()
+    sq_norms = scores.square().sum(-1)
+    if not isinstance(baseline, str):
+        second = (probs * (rewards - baseline) ** 2 * sq_norms).sum()
+        return float((second - g2) / G)
+    if baseline not in ("leave_one_out", "group_mean"):
+        raise ValueError(f"baseline must be a number, 'leave_one_out' or 'group_mean', got {baseline!r}")
+    if G < 2:
+        raise ValueError(f"baseline={baseline!r} needs group_size >= 2, got {G}")
+    J = (probs * rewards).sum()
+    v = (probs * (rewards - J) ** 2 * sq_norms).sum() - g2
+    pair_dist = sq_norms[:, None] + sq_norms[None, :] - 2 * scores @ scores.T  # ||s_1 - s_2||^2
+    reward_gap = (rewards[:, None] - rewards[None, :]).square()
+    z = (probs[:, None] * probs[None, :] * reward_gap * pair_dist).sum() / 4 - g2
+    loo = float(((G - 2) * v + 2 * z) / (G * (G - 1)))
+    return loo if baseline == "leave_one_out" else ((G - 1) / G) ** 2 * loo
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,22 +336,30 @@ def kl_estimator_stats(
     ``logprobs = log pi(x)`` and ``logprobs_reference = log pi_ref(x)``, as NeMo RL's loss does with
     ``curr_logprobs`` and ``reference_policy_logprobs``. The target is the exact
     ``KL(pi || pi_ref) = sum_x pi (log pi - log pi_ref)``; clamps are off by default so the estimators
-    themselves are measured.
+    themselves are measured. Per estimator: the Monte Carlo ``mean``, ``bias``, ``std`` and
+    ``frac_negative`` of ``num_samples`` tokens, and the exact ``exact_bias``, ``exact_std`` and
+    ``exact_frac_negative`` (a sum over the vocabulary).
     """
     _check_generator(generator)
     n = _check_positive_int("num_samples", num_samples, 2)
     logp, logref = _log_softmax_pair("logits", logits, "reference_logits", reference_logits)
     true_kl = float((logp.exp() * (logp - logref)).sum())
-    x = torch.multinomial(logp.exp().float(), n, replacement=True, generator=generator)
+    p = logp.exp()
+    x = torch.multinomial(p.float(), n, replacement=True, generator=generator)
     out: dict[str, dict[str, float] | float] = {"true_kl": true_kl}
     for kl_type in KL_TYPES:
-        k = calculate_kl(logp[x], logref[x], kl_type=kl_type, input_clamp_value=input_clamp_value,
-                         output_clamp_value=output_clamp_value)
+        every = calculate_kl(logp, logref, kl_type=kl_type, input_clamp_value=input_clamp_value,
+                             output_clamp_value=output_clamp_value)  # the estimate at every token
+        k = every[x]
+        exact_mean = float((p * every).sum())
         out[kl_type] = {
             "mean": float(k.mean()),
             "bias": float(k.mean()) - true_kl,
             "std": float(k.std()),
             "frac_negative": float((k < 0).double().mean()),
+            "exact_bias": exact_mean - true_kl,
+            "exact_std": float((p * (every - exact_mean).square()).sum().sqrt()),
+            "exact_frac_negative": float(p[every < 0].sum()),
         }
     return out
 
