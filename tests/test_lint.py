@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE = ["tests", "examples/rlref", "conf.py", "noxfile.py", "docs/_ext", "docs/_inventories"]
 # In a notebook, imports sit in later cells (E402), a bare expression displays a value (B018),
 # a trailing semicolon hides one (E703), and a cell may redefine a name on purpose (F811).
-NOTEBOOK_IGNORE = "E402,B018,E703,F811"
+# Line length (E501) is not enforced in cells: table-printing f-strings run long, and the rendered
+# page wraps them; the package and tests keep the 110-column limit.
+NOTEBOOK_IGNORE = "E402,B018,E703,F811,E501"
 
 
 def tool(name: str) -> str:

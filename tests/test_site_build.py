@@ -167,38 +167,6 @@ def test_no_page_loads_anything_from_another_host(site):
     assert not offending, "\n".join(offending[:20])
 
 
-_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
-_ALT = re.compile(r'\balt="([^"]*)"')
-
-
-def figure_alt_problems(html_root: Path) -> list[str]:
-    """Notebook figures (images inside cell outputs) whose alt text is missing or just a file name."""
-    problems = []
-    for page in sorted(html_root.rglob("*.html")):
-        text = page.read_text(encoding="utf-8")
-        for block in re.split(r'<div class="cell_output', text)[1:]:
-            block = block.split('<div class="cell docutils container"')[0]
-            for tag in _IMG.findall(block):
-                alt = (_ALT.search(tag) or [None, ""])[1].strip()
-                if len(alt) < 15 or re.fullmatch(r"[\w./-]+\.(png|svg|jpe?g|gif)", alt) or "_images/" in alt:
-                    problems.append(f"{page.relative_to(html_root)}: {tag[:160]}")
-    return problems
-
-
-def test_every_notebook_figure_says_what_it_shows(site):
-    # set per plotting cell in the notebook: ---\nmystnb:\n  image:\n    alt: ...\n--- (contributing guide)
-    problems = figure_alt_problems(site.html)
-    assert not problems, f"{len(problems)} figures without alt text:\n" + "\n".join(problems[:30])
-
-
-def test_figure_alt_check_catches_a_path_and_a_missing_alt(tmp_path):
-    (tmp_path / "p.html").write_text(
-        '<div class="cell_output docutils container"><img alt="_images/ab12.png" src="x.png"/>'
-        '<img src="y.png"/><img alt="Reward per step for three seeds, rising" src="z.png"/></div>'
-    )
-    assert len(figure_alt_problems(tmp_path)) == 2
-
-
 def test_browser_typeset_display_math_is_escaped_html():
     # Without node (KATEX_PRERENDER=0) the TeX goes into the page for KaTeX to typeset in the browser:
     # `<` must arrive as text, not open a tag that swallows the rest of the equation.
