@@ -104,3 +104,12 @@ def test_codespell_on_prose():
     cmd = [tool("codespell"), "--toml", str(ROOT / "pyproject.toml"), "docs", "examples", "README.md"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_example_page_is_a_text_notebook():
+    # without its jupytext/kernelspec front matter myst-nb reads the file as plain Markdown: its
+    # cells never run and every glue role on it and on its docs page goes missing
+    header = re.compile(r"---\njupytext:.*?\nkernelspec:.*?\n---\n", re.S)
+    missing = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "examples").glob("*/*.md"))
+               if p.parent.name != "gpu-runs" and not header.match(p.read_text(encoding="utf-8"))]
+    assert not missing, f"example pages without the text-notebook front matter: {missing}"
