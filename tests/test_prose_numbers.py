@@ -96,9 +96,10 @@ def test_a_number_planted_in_a_real_page_is_caught():
     assert typed_measured_numbers(page, outputs, code) == []
     import re
 
+    literals = {float(x) for x in re.findall(r"\d+\.\d+|\d+", code)}  # 0.100 is the code's 0.1
     planted = next(
         m.group(0) for text in outputs for m in re.finditer(r"\b\d\.\d{3}\b", text)
-        if m.group(0) not in code and len(m.group(0).replace(".", "").lstrip("0")) >= 2
+        if float(m.group(0)) not in literals and len(m.group(0).replace(".", "").strip("0")) >= 2
     )
     text = page.read_text(encoding="utf-8") + f"\nThe run ends at {planted} on this machine.\n"
     findings = typed_measured_numbers(page, outputs, code, text=text)

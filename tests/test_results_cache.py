@@ -87,8 +87,9 @@ def test_switch_off_computes_and_writes_nothing(cache, monkeypatch, tmp_path):
 
 
 def _writer(args):
-    store, code, i = args
+    store, code, i, threads = args
     os.environ["RLREF_RESULTS_CACHE"] = store
+    torch.set_num_threads(threads)  # the thread count is part of the key: match the reading process
     value = np.full(200_000, i, dtype=np.float64)  # big enough that a torn write would be visible
     return float(rc.cached({"shared": True}, lambda: value, code_root=Path(code))[0])
 
@@ -98,7 +99,7 @@ def test_parallel_writers_leave_one_complete_entry(cache, tmp_path):
     store = str(tmp_path / "store")
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
-        got = pool.map(_writer, [(store, str(cache), i) for i in range(4)])
+        got = pool.map(_writer, [(store, str(cache), i, torch.get_num_threads()) for i in range(4)])
     assert all(v in range(4) for v in got)
     files = [p for p in Path(store).rglob("*") if p.is_file()]
     assert len(files) == 1 and files[0].suffix == ".pt"
