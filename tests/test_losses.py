@@ -505,15 +505,40 @@ def test_wrong_shape_names_the_key_and_shapes():
         call(ClippedPGLoss(), curr[:2], cut, 2, 5)
 
 
-def test_masks_must_be_floating_zero_one():
+def test_masks_must_be_floating_zero_one_and_sample_weights_finite_nonnegative():
     curr, data = pg_batch()
     data["token_mask"] = data["token_mask"].bool()
     with pytest.raises(TypeError, match=r"data\['token_mask'\] must be a floating tensor.*use .float\(\)"):
         call(ClippedPGLoss(), curr, data, GS=3, GT=5)
     curr, data = pg_batch()
-    data["sample_mask"] = data["sample_mask"] * 0.5
-    with pytest.raises(ValueError, match=r"data\['sample_mask'\] must contain only 0 and 1"):
+    data["token_mask"] = data["token_mask"] * 0.5
+    with pytest.raises(ValueError, match=r"data\['token_mask'\] must contain only 0 and 1"):
         call(ClippedPGLoss(), curr, data, GS=3, GT=5)
+    for bad in (-1.0, float("nan"), float("inf")):
+        curr, data = pg_batch()
+        data["sample_mask"][0] = bad
+        with pytest.raises(ValueError, match=r"data\['sample_mask'\] must hold finite weights >= 0"):
+            call(ClippedPGLoss(), curr, data, GS=3, GT=5)
+
+
+@pytest.mark.parametrize("token_level_loss", [True, False])
+def test_a_sample_weight_of_two_equals_the_row_counted_twice(token_level_loss):
+    """``sample_mask`` is NeMo RL's float loss multiplier (nemo_rl/data/interfaces.py:39): weighting a
+    row by 2 gives the loss and gradient of the batch with that row duplicated (same normalisers)."""
+    curr, data = pg_batch()
+    cfg = ClippedPGLossConfig(reference_policy_kl_penalty=0.01, token_level_loss=token_level_loss)
+    weighted = {k: v.clone() for k, v in data.items()}
+    weighted["sample_mask"][0] = 2.0
+    dup = {k: torch.cat([v, v[:1]]) for k, v in data.items()}
+    c1 = curr.clone().requires_grad_(True)
+    c2 = torch.cat([curr, curr[:1]]).clone().requires_grad_(True)
+    l1, _ = call(ClippedPGLoss(cfg), c1, weighted, GS=4, GT=9)
+    l2, _ = call(ClippedPGLoss(cfg), c2, dup, GS=4, GT=9)
+    torch.testing.assert_close(l1, l2)
+    l1.backward()
+    l2.backward()
+    torch.testing.assert_close(c1.grad[0], c2.grad[0] + c2.grad[-1])
+    torch.testing.assert_close(c1.grad[1:], c2.grad[1:-1])
 
 
 def test_data_values_must_be_floating_tensors():

@@ -133,20 +133,24 @@ def _check_curr(curr: object, name: str = "next_token_logprobs") -> torch.Tensor
     return curr
 
 
-def _get(data: Mapping, key: str, shape: tuple[int, ...], dtype: torch.dtype, *, mask: bool = False):
-    """Fetch ``data[key]``, check presence, type, floating dtype, shape (and 0/1 for masks)."""
+def _get(data: Mapping, key: str, shape: tuple[int, ...], dtype: torch.dtype, *, mask: bool = False,
+         weight: bool = False):
+    """Fetch ``data[key]``, check presence, type, floating dtype, shape (0/1 for masks; finite and >= 0
+    for weights: ``sample_mask`` is NeMo RL's float ``loss_multiplier``, nemo_rl/data/interfaces.py:39)."""
     if key not in data:
         raise ValueError(f"data is missing the required key {key!r} (has: {sorted(data)})")
     value = data[key]
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"data[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
-        hint = " (masks are float 0/1: use .float())" if mask else ""
+        hint = " (masks are float 0/1: use .float())" if mask or weight else ""
         raise TypeError(f"data[{key!r}] must be a floating tensor, got dtype {value.dtype}{hint}")
     if tuple(value.shape) != shape:
         raise ValueError(f"data[{key!r}] must have shape {shape}, got {tuple(value.shape)}")
     if mask and not bool(((value == 0) | (value == 1)).all()):
         raise ValueError(f"data[{key!r}] must contain only 0 and 1")
+    if weight and not bool((torch.isfinite(value) & (value >= 0)).all()):
+        raise ValueError(f"data[{key!r}] must hold finite weights >= 0 (a loss multiplier per sample)")
     return value.to(dtype)
 
 
@@ -396,7 +400,7 @@ class ClippedPGLoss:
         beta = self.kl_coefficient
 
         tm = _get(data, "token_mask", full, dtype, mask=True)[:, 1:]
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         A = _get(data, "advantages", full, dtype)[:, 1:]
         gen = _get(data, "generation_logprobs", full, dtype)[:, 1:]
         if cfg.force_on_policy_ratio:
@@ -577,7 +581,7 @@ class NLLLoss:
         curr, data, dtype = _loss_inputs(next_token_logprobs, data)
         B, T = curr.shape
         tm = _get(data, "token_mask", (B, T + 1), dtype, mask=True)[:, 1:]
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         GT = _count("global_valid_toks", global_valid_toks, dtype, curr.device)
         _count("global_valid_seqs", global_valid_seqs, dtype, curr.device)  # validated, unused
         m = tm * sm[:, None]
@@ -667,7 +671,7 @@ class DPOLoss:
         full = (B, T + 1)
         ref = _get(data, "reference_policy_logprobs", full, dtype)[:, :-1]
         tm = _get(data, "token_mask", full, dtype, mask=True)[:, 1:]
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         GS = _count("global_valid_seqs", global_valid_seqs, dtype, curr.device)
         _count("global_valid_toks", global_valid_toks, dtype, curr.device)  # validated, unused
         n_pairs = GS / 2 + EPS
@@ -779,7 +783,7 @@ class MseValueLoss:
         shape = tuple(values.shape)
         returns = _get(data, "returns", shape, dtype)
         tm = _get(data, "token_mask", shape, dtype, mask=True)
-        sm = _get(data, "sample_mask", (shape[0],), dtype, mask=True)
+        sm = _get(data, "sample_mask", (shape[0],), dtype, weight=True)
         GT = _count("global_valid_toks", global_valid_toks, dtype, values.device)
         _count("global_valid_seqs", global_valid_seqs, dtype, values.device)  # validated, unused
         m = tm * sm[:, None]
@@ -881,7 +885,7 @@ class PreferenceLoss:
         data = _check_data(data)
         dtype = _compute_dtype(logits)
         r = logits.to(dtype)
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         GS = _count("global_valid_seqs", global_valid_seqs, dtype, r.device)
         if global_valid_toks is not None:
             _count("global_valid_toks", global_valid_toks, dtype, r.device)  # validated, unused
@@ -1064,7 +1068,7 @@ class DistillationLoss:
         B, T, _ = s.shape
         data = _check_data(data)
         tm = _get(data, "token_mask", (B, T + 1), dtype, mask=True)[:, 1:]
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         GT = _count("global_valid_toks", global_valid_toks, dtype, s.device)
         _count("global_valid_seqs", global_valid_seqs, dtype, s.device)  # validated, unused
         ps, pt = s.exp(), t.exp()
@@ -1164,7 +1168,7 @@ class DraftCrossEntropyLoss:
         dtype = _compute_dtype(student_logits)
         B, S, _ = student_logits.shape
         tm = _get({"token_mask": token_mask}, "token_mask", (B, S), dtype, mask=True)
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         GT = _count("global_valid_toks", global_valid_toks, dtype, student_logits.device)
         p_t = torch.softmax(teacher_logits.detach().to(dtype), dim=-1)
         log_p_s = torch.log_softmax(student_logits.to(dtype), dim=-1)
@@ -1444,7 +1448,7 @@ class CrossTokenizerDistillationLoss:
         dtype = _compute_dtype(logits)
         z_t = teacher_logits[..., : self.teacher_vocab_size].to(dtype)  # drop padded lm_head columns
         sc, tc, pv = self._alignment(data, B, T_s, z_t.shape[1])
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         C = pv.shape[1]
         log_p_s = torch.log_softmax(logits.to(dtype) / T, dim=-1)
         if cfg.gold_loss:
@@ -1507,7 +1511,7 @@ class CrossTokenizerDistillationLoss:
             raise ValueError(f"data is missing the required key 'input_ids' (has: {sorted(data)})")
         curr = next_token_logprobs(logits, data["input_ids"]).to(dtype)
         tm = _get(data, "token_mask", (B, T_s), dtype, mask=True)[:, 1:]
-        sm = _get(data, "sample_mask", (B,), dtype, mask=True)
+        sm = _get(data, "sample_mask", (B,), dtype, weight=True)
         GT = _count("global_valid_toks", global_valid_toks, dtype, logits.device)
         return -(curr * tm * sm[:, None]).sum() / (GT + EPS)
 
