@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ import nox.command
 ROOT = Path(__file__).resolve().parent
 BUILD = ROOT / "_build"
 HTML = BUILD / "html"
+DATA = ROOT / "docs" / "_data"  # measured figures the pages include (nox -s lighthouse writes them)
 LOCK = ROOT / "constraints.txt"
 # PyTorch's index of CPU-only builds; RLREF_TORCH_INDEX points elsewhere (a mirror, say).
 TORCH_CPU_INDEX = os.environ.get("RLREF_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
@@ -278,6 +280,7 @@ def lighthouse(session: nox.Session) -> None:
     in _build/lighthouse/. Targets (issue 14): mobile performance >= 90, TBT <= 300 ms, <= 1.0 MB;
     desktop performance >= 98; accessibility, best practices and SEO 100.
     """
+    import csv
     import datetime
     import functools
     import gzip
@@ -349,8 +352,26 @@ def lighthouse(session: nox.Session) -> None:
                              audits["total-byte-weight"]["numericValue"] / 1e6))
     finally:
         httpd.shutdown()
-    session.log(f"Lighthouse {LIGHTHOUSE}, {datetime.date.today()}, {platform.platform()}, "
-                f"{os.cpu_count()} cores, gzip server, site {html}")
+    chromium = subprocess.run([chrome, "--version"], capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    provenance = {"date": datetime.date.today().isoformat(), "lighthouse": LIGHTHOUSE, "browser": chromium,
+                  "machine": f"{cpu}, {os.cpu_count()} cores, {platform.platform()}",
+                  "load average at the end (1 min)": f"{os.getloadavg()[0]:.1f}",
+                  "server": "local, gzip level 6 on text files"}
+    # The contributor guide shows these files (docs/contributing.md): commit them after a run.
+    DATA.mkdir(exist_ok=True)
+    with (DATA / "lighthouse.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["page", "preset", "performance", "accessibility", "best practices", "SEO",
+                    "total blocking time (ms)", "transferred (MB)"])
+        w.writerows([(p, pr, perf, a, b, seo, f"{tbt:.0f}", f"{mb:.2f}")
+                     for p, pr, perf, a, b, seo, tbt, mb in rows])
+    with (DATA / "lighthouse-run.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(provenance.items())
+    session.log(f"Lighthouse {LIGHTHOUSE}, {provenance['date']}, {provenance['machine']}, {chromium}, "
+                f"gzip server, site {html}; wrote {DATA / 'lighthouse.csv'}")
     header = f"{'page':<42} {'preset':<8} {'perf':>4} {'a11y':>4} {'bp':>4} {'seo':>4}"
     header += f" {'TBT ms':>7} {'MB':>6}"
     session.log(header)

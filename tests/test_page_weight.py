@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
-from page_weight import deferred, purge_css, used_words  # noqa: E402
+from page_weight import deferred, icon_codepoints, purge_css, subset_icon_fonts, used_words  # noqa: E402
 from sphinx.builders.html._assets import _JavaScript  # noqa: E402
 
 
@@ -37,3 +37,26 @@ def test_scripts_are_deferred_and_inline_code_runs_as_a_module_in_order():
     assert inline.attributes["type"] == "module"
     data = _JavaScript(None, body="{}", type="application/json")
     assert deferred(data) is data
+
+
+def test_icon_fonts_are_cut_to_the_glyphs_the_stylesheet_names(tmp_path):
+    import shutil
+
+    import pydata_sphinx_theme
+    from fontTools.ttLib import TTFont
+
+    webfonts = next(Path(pydata_sphinx_theme.__file__).parent.rglob("fontawesome/webfonts"))
+    (tmp_path / "fontawesome" / "webfonts").mkdir(parents=True)
+    (tmp_path / "styles").mkdir()
+    source = tmp_path / "fontawesome" / "webfonts" / "fa-brands-400.woff2"
+    shutil.copy(webfonts / "fa-brands-400.woff2", source)
+    css = ('@font-face{font-family:Font Awesome\\ 7 Brands;'
+           'src:url(../fontawesome/webfonts/fa-brands-400.woff2)}.fa-github{--fa:"\\f09b"}')
+    out = subset_icon_fonts(css, tmp_path / "styles", other_css='.x:after{content:"\\f113"}')
+    assert "url(../fontawesome/webfonts/fa-brands-400.subset.woff)" in out and ".woff2" not in out
+    subset = tmp_path / "fontawesome" / "webfonts" / "fa-brands-400.subset.woff"
+    kept = set(TTFont(subset).getBestCmap())
+    full = set(TTFont(source).getBestCmap())
+    assert {0xF09B, 0xF113} <= kept  # the one in this stylesheet and the one in another
+    assert len(full) > 400 and len(kept & full) == 2 and subset.stat().st_size < source.stat().st_size / 20
+    assert 0xF09B in icon_codepoints('--fa:"\\f09b"') and ord("a") in icon_codepoints("")
