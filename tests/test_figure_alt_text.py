@@ -34,7 +34,7 @@ IMAGE_MIMES = ("image/png", "image/svg+xml", "image/jpeg")
 
 #: Being rewritten under issue 11; each rework brings its alt text. Strict xfail: delete the entry
 #: once the page passes.
-IN_REWORK = {"examples/research/hyperparameter-optimization.md", "examples/training/multi-objective-training.md"}
+IN_REWORK = {"examples/research/hyperparameter-optimization.md"}
 #: Docs pages with a figure cell and no alt text yet (strict xfail, as above).
 DOCS_PENDING: set[str] = set()
 

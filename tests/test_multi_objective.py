@@ -15,7 +15,6 @@ from rlref.lab import (
     GRPOConfig,
     PolicyConfig,
     TinyCausalLM,
-    encode,
     grpo_train,
     make_task,
     rollout,
@@ -27,7 +26,7 @@ W1 = {"reward/correct": 1.0, "reward/brevity": 1.0}
 
 
 def _base(**kw):
-    return make_task("greater", difficulty=1, reward_components=COMPS, extra_tokens=1, **kw)
+    return make_task("last", reward_components=COMPS, extra_tokens=1, **kw)
 
 
 def test_weighted_sum_hand_values():
@@ -65,13 +64,49 @@ def test_weighted_task_scales_components_and_keeps_raw_means():
     same = base.sample_prompts(1, torch.Generator().manual_seed(0))[0]
     assert problem.task is task and problem.prompt == same.prompt
     assert task.max_new_tokens == base.max_new_tokens == 2 and task.prompt_length == base.prompt_length
-    assert task.rewards(problem, encode("9<eos>")) == {"reward/correct": 1.0, "reward/brevity": 0.125}
+    correct = [*problem.answer, EOS_ID]
+    assert task.rewards(problem, correct) == {"reward/correct": 1.0, "reward/brevity": 0.125}
     assert task.rewards(problem, [EOS_ID]) == {"reward/correct": 0.0, "reward/brevity": 0.25}
     assert task.take_raw_means() == {"reward/correct": 0.5, "reward/brevity": 0.75}  # unweighted
     with pytest.raises(RuntimeError, match="no responses"):
         task.take_raw_means()
     task.set_weights({"reward/correct": 1.0, "reward/brevity": 0.0})
     assert task.rewards(problem, [EOS_ID]) == {"reward/correct": 0.0, "reward/brevity": 0.0}
+
+
+def test_weighted_task_keeps_the_base_split():
+    base = _base()
+    task = WeightedRewardTask(base, W1)
+    assert task.held_out_fraction == base.held_out_fraction > 0
+    train = task.sample_prompts(16, torch.Generator().manual_seed(0))
+    held = task.sample_prompts(16, torch.Generator().manual_seed(0), split="held_out")
+    assert not any(task.is_held_out(p) for p in train) and all(task.is_held_out(p) for p in held)
+    same = base.sample_prompts(16, torch.Generator().manual_seed(0))
+    assert [p.prompt for p in train] == [p.prompt for p in same]
+    assert all(p.task is task for p in train + held)
+
+
+def test_batched_training_with_weighted_tasks_matches_sequential():
+    """One WeightedRewardTask and ComponentLog per run in grpo_train_seeds logs what grpo_train logs."""
+    from rlref.lab import grpo_train_seeds
+
+    cfg = PolicyConfig(VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    weights = [0.0, 0.5, 1.0]
+
+    def make(w):
+        task = WeightedRewardTask(_base(), {"reward/correct": 1.0, "reward/brevity": w})
+        return task, ComponentLog(task)
+
+    runs = [make(w) for w in weights]
+    configs = [GRPOConfig(num_prompts_per_step=4, num_generations_per_prompt=4, max_num_steps=3, seed=s)
+               for s in range(len(weights))]
+    grpo_train_seeds([TinyCausalLM(cfg, seed=s) for s in range(len(weights))], [t for t, _ in runs], configs,
+                     callback=[lg for _, lg in runs])
+    for (w, (_, lg)), c in zip(zip(weights, runs, strict=True), configs, strict=True):
+        task, ref = make(w)
+        grpo_train(TinyCausalLM(cfg, seed=c.seed), task, c, callback=ref)
+        for key in ("raw/reward/correct", "raw/reward/brevity", "weight/reward/brevity"):
+            np.testing.assert_allclose(lg.series(key), ref.series(key), atol=1e-6)
 
 
 def test_lab_total_reward_is_the_weighted_sum():
@@ -151,16 +186,21 @@ def test_balancer_validation_names_the_argument():
 
 
 def test_short_lab_run_with_the_balancer():
-    task = WeightedRewardTask(_base(), {"reward/correct": 1.0, "reward/brevity": 0.0})
-    bal = TargetWeightBalancer(task, "reward/brevity", "reward/correct", target=0.0, lr=0.5)
+    # an untrained policy on `last` is rarely correct, so the guard here is brevity (always > 0 at
+    # the start) and the balanced weight is correctness's: with target 0 it can only rise
+    task = WeightedRewardTask(_base(), {"reward/correct": 0.0, "reward/brevity": 1.0})
+    bal = TargetWeightBalancer(task, "reward/correct", "reward/brevity", target=0.0, lr=0.5)
     policy = TinyCausalLM(PolicyConfig(VOCAB_SIZE, d_model=16, n_layers=1, n_heads=2, max_seq_len=16), seed=0)
     hist = grpo_train(policy, task, GRPOConfig(num_prompts_per_step=4, num_generations_per_prompt=4,
                                                max_num_steps=3, seed=0), callback=bal)
     assert len(hist) == 3 and len(bal.rows) == 3
-    w = bal.series("weight/reward/brevity")
+    w = bal.series("weight/reward/correct")
     assert w[0] == 0.0 and (np.diff(w) >= 0).all() and w[-1] > 0  # target 0: the weight only rises
-    # the logged weighted brevity equals the raw brevity times the weight in effect at that step
-    np.testing.assert_allclose(hist.series("lab/reward/brevity"), bal.series("raw/reward/brevity") * w,
+    assert (bal.series("weight/reward/brevity") == 1.0).all()  # the guard's weight is never touched
+    # the logged weighted component equals the raw one times the weight in effect at that step
+    np.testing.assert_allclose(hist.series("lab/reward/correct"), bal.series("raw/reward/correct") * w,
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(hist.series("lab/reward/brevity"), bal.series("raw/reward/brevity"),
                                rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(hist.series("lab/accuracy"), bal.series("raw/reward/correct"), rtol=1e-6)
 

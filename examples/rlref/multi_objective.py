@@ -90,6 +90,7 @@ class WeightedRewardTask(Task):
         self.difficulty = base.difficulty
         self.reward_components = base.reward_components
         self.extra_tokens = base.extra_tokens
+        self.held_out_fraction = base.held_out_fraction
         self.weights = _check_weights(weights, self.reward_components)
         self._raw_sum = dict.fromkeys(self.reward_components, 0.0)
         self._raw_count = 0
@@ -101,8 +102,14 @@ class WeightedRewardTask(Task):
         """Replace the weights (same component names, each finite and >= 0)."""
         self.weights = _check_weights(weights, self.reward_components)
 
-    def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> list[Problem]:
-        return [dataclasses.replace(p, task=self) for p in self.base.sample_prompts(n, generator)]
+    def sample_prompts(self, n: int, generator: torch.Generator | None = None,
+                       split: str = "train") -> list[Problem]:
+        """The base task's draw (training prompts unless ``split="held_out"``), scored by this task."""
+        problems = self.base.sample_prompts(n, generator, split=split)
+        return [dataclasses.replace(p, task=self) for p in problems]
+
+    def is_held_out(self, problem: Problem) -> bool:
+        return self.base.is_held_out(problem)
 
     @property
     def prompt_length(self) -> int:
