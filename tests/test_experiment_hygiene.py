@@ -28,9 +28,6 @@ TRAINING_MODULES = [
 ]
 MAKE_TASK = re.compile(r"make_task\(\s*[\"'](\w+)[\"']([^)\n]*)")
 SANITY = "# sanity task"
-#: Issue 11 is open for these: they still train on `greater`. Strict xfail: the test fails as soon as
-#: one is moved to a learning task, so its entry must then be deleted.
-NOT_YET_MOVED = {"hyperparameter-optimization.md"}
 
 
 def code_of(path: Path) -> str:
@@ -54,13 +51,7 @@ def constant_optimum_calls(code: str) -> list[str]:
     return found
 
 
-def _pending(paths):
-    reason = "issue 11: still trains on the constant-optimum task greater"
-    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=reason)) if p.name in NOT_YET_MOVED
-            else p for p in paths]
-
-
-@pytest.mark.parametrize("path", _pending(NOTEBOOKS + TRAINING_MODULES),
+@pytest.mark.parametrize("path", NOTEBOOKS + TRAINING_MODULES,
                          ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_experiment_learns_a_task_with_a_constant_optimum(path):
     bad = constant_optimum_calls(code_of(path))

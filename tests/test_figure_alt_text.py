@@ -32,11 +32,6 @@ MIN_ALT_CHARS = 40
 PATH_LIKE = re.compile(r"\A\S+\Z|\.(?:png|svg|jpe?g|gif|pdf)\b|_images/|_build/", re.IGNORECASE)
 IMAGE_MIMES = ("image/png", "image/svg+xml", "image/jpeg")
 
-#: Being rewritten under issue 11; each rework brings its alt text. Strict xfail: delete the entry
-#: once the page passes.
-IN_REWORK = {"examples/research/hyperparameter-optimization.md"}
-#: Docs pages with a figure cell and no alt text yet (strict xfail, as above).
-DOCS_PENDING: set[str] = set()
 
 
 def code_without_comments(source: str) -> str:
@@ -100,18 +95,7 @@ def _rel(path: Path) -> str:
 
 
 def _documents():
-    params = []
-    for path in executable_documents():
-        rel = _rel(path)
-        if rel in IN_REWORK:
-            params.append(pytest.param(path, id=rel, marks=pytest.mark.xfail(
-                strict=True, reason="issue 11/14: alt text comes with the notebook's rework")))
-        elif rel in DOCS_PENDING:
-            params.append(pytest.param(path, id=rel, marks=pytest.mark.xfail(
-                strict=True, reason="issue 14: alt text not yet written for this page's figure")))
-        else:
-            params.append(pytest.param(path, id=rel))
-    return params
+    return [pytest.param(path, id=_rel(path)) for path in executable_documents()]
 
 
 @pytest.mark.parametrize("path", _documents())
@@ -123,8 +107,8 @@ def test_every_figure_says_what_it_shows(path):
 
 def test_every_notebook_is_checked():
     checked = {_rel(p) for p in executable_documents()}
-    assert {"examples/theory/grpo-theory.md", "examples/research/custom-algorithms.md"} <= checked
-    assert IN_REWORK | DOCS_PENDING <= checked, "an xfail entry names a page that no longer exists"
+    assert {"examples/theory/grpo-theory.md", "examples/research/custom-algorithms.md",
+            "docs/theory/loss-functions.md"} <= checked
 
 
 def _synthetic(tmp_path: Path, *cells: str) -> nbformat.NotebookNode:
