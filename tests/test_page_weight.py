@@ -8,7 +8,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
-from page_weight import deferred, icon_codepoints, purge_css, subset_icon_fonts, used_words  # noqa: E402
+from page_weight import (  # noqa: E402
+    deferred,
+    icon_codepoints,
+    lazy_images,
+    purge_css,
+    subset_icon_fonts,
+    used_words,
+)
 from sphinx.builders.html._assets import _JavaScript  # noqa: E402
 
 
@@ -60,3 +67,10 @@ def test_icon_fonts_are_cut_to_the_glyphs_the_stylesheet_names(tmp_path):
     assert {0xF09B, 0xF113} <= kept  # the one in this stylesheet and the one in another
     assert len(full) > 400 and len(kept & full) == 2 and subset.stat().st_size < source.stat().st_size / 20
     assert 0xF09B in icon_codepoints('--fa:"\\f09b"') and ord("a") in icon_codepoints("")
+
+
+def test_figures_load_lazily_and_other_images_are_left_alone():
+    html = ('<img alt="a" src="../_images/fig.png" /><img src="_static/logo.svg" />'
+            '<img loading="eager" src="_images/x.png" />')
+    assert lazy_images(html) == ('<img loading="lazy" decoding="async" alt="a" src="../_images/fig.png" />'
+                                 '<img src="_static/logo.svg" /><img loading="eager" src="_images/x.png" />')

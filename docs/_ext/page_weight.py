@@ -11,6 +11,8 @@
 - The Font Awesome web fonts (225 KB for the two the pages load, and ``font-display: block`` holds
   back the first paint until they arrive) are cut to the glyphs the purged stylesheet still names,
   and served as WOFF files of a few KB (:func:`subset_icon_fonts`).
+- Figures load lazily (``loading="lazy" decoding="async"`` on every image of ``_images/``): a
+  notebook page's plots below the screen no longer compete with its text for the first paint.
 - Pages with math preload the two KaTeX fonts nearly every expression uses, so prerendered
   equations do not wait for the stylesheet before their fonts start to download; pages without math
   do not load KaTeX's stylesheets at all.
@@ -160,6 +162,11 @@ def purge_theme_stylesheet(app: Sphinx, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
     outdir = Path(app.outdir)
+    for page in outdir.glob("**/*.html"):
+        text = page.read_text(encoding="utf-8")
+        lazy = lazy_images(text)
+        if lazy != text:
+            page.write_text(lazy, encoding="utf-8")
     words = used_words(outdir)
     for name in PURGED_STYLESHEETS:
         path = outdir / name
@@ -168,6 +175,16 @@ def purge_theme_stylesheet(app: Sphinx, exception) -> None:
                              for p in (outdir / "_static").glob("**/*.css") if p != path)
             css = subset_icon_fonts(purge_css(path.read_text(encoding="utf-8"), words), path.parent, others)
             path.write_text(css, encoding="utf-8")
+
+
+# -- Figures load when they come near the screen ---------------------------------------------------
+_FIGURE_IMG = re.compile(r'<img (?![^>]*\bloading=)(?=[^>]*\bsrc="[^"]*_images/)')
+
+
+def lazy_images(html: str) -> str:
+    """Every ``<img>`` of a built figure (``_images/``) without a ``loading`` attribute gets
+    ``loading="lazy" decoding="async"``."""
+    return _FIGURE_IMG.sub('<img loading="lazy" decoding="async" ', html)
 
 
 # -- Icon fonts, cut to the glyphs the stylesheet names --------------------------------------------
