@@ -123,6 +123,7 @@ html_sidebars = {"**": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.
 html_favicon = "docs/_static/favicon.svg"
 templates_path = ["docs/_templates"]  # layout.html: search scripts only on the search page, no fontawesome.js
 html_css_files = ["site.css"]  # wrapping inline code, tables that scroll, badge and tag colours
+html_js_files = ["tab-stops.js"]  # which code blocks scroll, measured near the screen (page_weight.py)
 html_last_updated_fmt = ""
 html_context = {"default_mode": "auto"}  # light/dark follows the reader's system (no console error)
 

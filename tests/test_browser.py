@@ -245,6 +245,37 @@ def test_no_page_is_wider_than_a_phone(server, phone):
     phone.check_stayed_local()
 
 
+def test_scrolling_code_is_focusable_once_its_section_nears_the_screen(server, phone):
+    """The theme's tab stops (tabindex 0 on code and outputs that scroll), measured lazily by
+    _static/tab-stops.js: before a section is near the screen its elements stay focusable; after
+    the reader scrolled past everything, exactly the overflowing ones are."""
+    base, _ = server
+    phone.page.goto(f"{base}/{MATH_NOTEBOOK}", wait_until="load")
+    selector = "pre, .cell_output > .output, .pst-scrollable-table-container"
+    before = phone.page.evaluate(
+        """(sel) => [...document.querySelectorAll(sel)].map(e => e.getAttribute('tabindex'))""", selector
+    )
+    assert before and all(t in ("0", "-1") for t in before), before  # every element has its tab stop
+    assert "0" in before[len(before) // 2:]  # far down the page: not measured yet, still reachable
+    phone.page.evaluate(
+        """async () => {
+            for (let y = 0; y <= document.documentElement.scrollHeight; y += window.innerHeight / 2) {
+                window.scrollTo(0, y);
+                await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+            }
+        }"""
+    )
+    result = phone.page.evaluate(
+        """(sel) => [...document.querySelectorAll(sel)].map(e => [e.tabIndex,
+            e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight, e.outerHTML.slice(0, 80)])""",
+        selector,
+    )
+    wrong = [html for tab, overflows, html in result if tab != (0 if overflows else -1)]
+    assert not wrong, f"{len(wrong)} element(s) with the wrong tab stop after scrolling: {wrong[:3]}"
+    assert {tab for tab, _, _ in result} == {0, -1}  # some scroll on a phone, some do not
+    phone.check_stayed_local()
+
+
 def test_landing_page_leads_with_cards(server, visit):
     base, _ = server
     visit.page.set_viewport_size(DESKTOP)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 from page_weight import (  # noqa: E402
     deferred,
     icon_codepoints,
     lazy_images,
+    lazy_tab_stops,
     purge_css,
     subset_icon_fonts,
     used_words,
@@ -74,3 +77,18 @@ def test_figures_load_lazily_and_other_images_are_left_alone():
             '<img loading="eager" src="_images/x.png" />')
     assert lazy_images(html) == ('<img loading="lazy" decoding="async" alt="a" src="../_images/fig.png" />'
                                  '<img src="_static/logo.svg" /><img loading="eager" src="_images/x.png" />')
+
+
+def test_the_locked_theme_s_tab_stop_check_is_routed_to_the_lazy_one():
+    """The installed theme's script holds the check once; patched, it calls window.siteTabStop
+    (falling back to the theme's own check), loses the stale source map, and stays so when patched again."""
+    import pydata_sphinx_theme
+
+    theme = Path(pydata_sphinx_theme.__file__).parent / "theme" / "pydata_sphinx_theme" / "static" / "scripts"
+    js = (theme / "pydata-sphinx-theme.js").read_text(encoding="utf-8")
+    out = lazy_tab_stops(js)
+    assert "window.siteTabStop?window.siteTabStop(e):(e.tabIndex=e.scrollWidth>" in out
+    assert "sourceMappingURL" in js and "sourceMappingURL" not in out
+    assert len(out) - len(js) < 60 and lazy_tab_stops(out) == out
+    with pytest.raises(ValueError, match="update THEME_TAB_STOP"):
+        lazy_tab_stops("function other(){}")

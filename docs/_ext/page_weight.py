@@ -11,6 +11,9 @@
 - The Font Awesome web fonts (225 KB for the two the pages load, and ``font-display: block`` holds
   back the first paint until they arrive) are cut to the glyphs the purged stylesheet still names,
   and served as WOFF files of a few KB (:func:`subset_icon_fonts`).
+- The theme's load-time check of which code blocks and outputs scroll (it reads their sizes, which
+  lays out every section ``content-visibility`` skipped) runs per element as it nears the screen,
+  in ``_static/tab-stops.js`` (:func:`lazy_tab_stops`).
 - Figures load lazily (``loading="lazy" decoding="async"`` on every image of ``_images/``): a
   notebook page's plots below the screen no longer compete with its text for the first paint.
 - Pages with math preload the two KaTeX fonts nearly every expression uses, so prerendered
@@ -175,6 +178,40 @@ def purge_theme_stylesheet(app: Sphinx, exception) -> None:
                              for p in (outdir / "_static").glob("**/*.css") if p != path)
             css = subset_icon_fonts(purge_css(path.read_text(encoding="utf-8"), words), path.parent, others)
             path.write_text(css, encoding="utf-8")
+    theme_js = outdir / THEME_SCRIPT
+    if theme_js.is_file():
+        try:
+            theme_js.write_text(lazy_tab_stops(theme_js.read_text(encoding="utf-8")), encoding="utf-8")
+        except ValueError as exc:
+            from sphinx.util import logging
+
+            logging.getLogger(__name__).warning(str(exc), type="site", subtype="page_weight")
+
+
+# -- Which code blocks scroll: measured near the screen, not all at load -----------------------------
+THEME_SCRIPT = "_static/scripts/pydata-sphinx-theme.js"
+#: The theme's per-element check in its built script (addTabStopsToScrollableElements in the locked
+#: pydata-sphinx-theme 0.20.0): reading the sizes forces layout of the sections the browser skipped.
+THEME_TAB_STOP = "e.tabIndex=e.scrollWidth>e.clientWidth||e.scrollHeight>e.clientHeight?0:-1"
+LAZY_TAB_STOP = f"window.siteTabStop?window.siteTabStop(e):({THEME_TAB_STOP})"
+
+
+def lazy_tab_stops(js: str) -> str:
+    """The theme's script with its tab-stop check routed to ``window.siteTabStop`` (tab-stops.js).
+
+    Raises ValueError when the check is not found (another theme release), so the build says so
+    instead of silently measuring every element at load again. The script's source-map comment goes:
+    the theme's map no longer matches the edited line."""
+    if LAZY_TAB_STOP in js:
+        return js
+    if js.count(THEME_TAB_STOP) != 1:
+        raise ValueError(f"{THEME_SCRIPT}: the theme's tab-stop check {THEME_TAB_STOP!r} was found "
+                         f"{js.count(THEME_TAB_STOP)} times, not once; update THEME_TAB_STOP in "
+                         "docs/_ext/page_weight.py for this pydata-sphinx-theme release")
+    return _SOURCE_MAP.sub("", js.replace(THEME_TAB_STOP, LAZY_TAB_STOP))
+
+
+_SOURCE_MAP = re.compile(r"\n?//# sourceMappingURL=\S+\s*$")
 
 
 # -- Figures load when they come near the screen ---------------------------------------------------
