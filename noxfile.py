@@ -108,7 +108,7 @@ def tests(session: nox.Session) -> None:
     """Run the whole test suite: parity, properties, notebooks, site build, browser, lint."""
     install(session, "docs", "lab", "test", "lint")
     ensure_packages(session, "chromium", "node")
-    session.run("pytest", *(session.posargs or ["tests"]))
+    session.run("pytest", *(session.posargs or ["tests", "--durations=20"]))  # the slowest tests, last
 
 
 @nox.session

@@ -219,3 +219,13 @@ def test_correct_secondary_adjusts_the_family_and_leaves_the_primary_out():
 def test_bad_comparison_input_raises_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_bootstrap_ci_gives_the_same_interval_with_or_without_an_axis_argument():
+    """np.mean/np.median are called once on all resamples; a plain function once per resample."""
+    x = np.random.default_rng(7).normal(size=9)
+    for reduce in (np.mean, np.median):
+        fast = stats.bootstrap_ci(x, reduce, n_resamples=3000, seed=2)
+        slow = stats.bootstrap_ci(x, lambda s, f=reduce: f(s), n_resamples=3000, seed=2)
+        assert (fast.estimate, fast.low, fast.high) == (slow.estimate, slow.low, slow.high)
+        assert fast.low < fast.estimate < fast.high
