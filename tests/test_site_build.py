@@ -179,3 +179,22 @@ def test_browser_typeset_display_math_is_escaped_html():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["s&lt;r", "a<b"]  # inline math is escaped by the extension itself
+
+
+def test_notebook_pages_link_to_their_files_in_the_repository(site):
+    """Edit, source and Binder links name files that exist without going through the docs/examples
+    symlink (GitHub does not follow a symlinked folder in a URL)."""
+    pages = sorted((site.html / "examples").rglob("*.html"))
+    pages = [p for p in pages if "gpu-runs" not in p.parts]
+    assert pages
+    github = re.compile(r"https://github\.com/[^/]+/[^/]+/(?:blob|edit)/main/([^?#]+)")
+    binder = re.compile(r"https://mybinder\.org/v2/gh/[^?]+\?urlpath=lab/tree/([^&#]+)")
+    paths = set()
+    for page in pages:
+        for href in parse(page).links:
+            match = github.match(href) or binder.match(href)
+            if match:
+                paths.add(match.group(1))
+    assert len(paths) >= len(pages), f"edit/source/launch links missing: {sorted(paths)[:5]}"
+    through_link = sorted(p for p in paths if (ROOT / p).resolve() != ROOT / p or not (ROOT / p).is_file())
+    assert not through_link, f"links through a symlink or to no file: {through_link[:5]}"

@@ -541,6 +541,29 @@ def fallback_description(doctree, title: str = "", pagename: str = "", limit: in
     return text
 
 
+def repository_path_urls(buttons, docs_dir: str = "docs"):
+    """The header buttons with ``<docs_dir>/examples/`` in their URLs replaced by ``examples/``.
+
+    Notebook pages are read through the symlink docs/examples -> ../examples; GitHub does not follow
+    a symlinked folder in a URL, so the theme's edit and source links (and Binder's file path) name
+    the file where it lies.
+    """
+    if isinstance(buttons, list):
+        return [repository_path_urls(b, docs_dir) for b in buttons]
+    if isinstance(buttons, dict):
+        out = {k: repository_path_urls(v, docs_dir) for k, v in buttons.items()}
+        if isinstance(out.get("url"), str):
+            out["url"] = out["url"].replace(f"/{docs_dir}/examples/", "/examples/")
+        return out
+    return buttons
+
+
+def _notebook_button_urls(app, pagename, templatename, context, doctree) -> None:
+    if pagename.startswith("examples/") and "header_buttons" in context:
+        docs_dir = app.config.html_theme_options.get("path_to_docs", "docs").strip("/")
+        context["header_buttons"] = repository_path_urls(context["header_buttons"], docs_dir)
+
+
 def _ancestors(node):
     while node.parent is not None:
         node = node.parent
@@ -798,6 +821,7 @@ def setup(app):
     app.connect("env-before-read-docs", _spread_notebooks)
     app.connect("html-page-context", _html_page_context)
     app.connect("html-page-context", _fallback_meta_description, priority=600)  # after the front matter's
+    app.connect("html-page-context", _notebook_button_urls, priority=600)  # after the book theme's (501)
     app.connect("env-get-outdated", _reread_after_warnings)
     app.connect("doctree-read", _fix_pasted_refdocs)
     app.connect("build-finished", _mark_if_warned)
