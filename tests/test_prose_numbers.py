@@ -7,6 +7,7 @@ catches a planted number, and that every glue reference names a value its notebo
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from test_site_build import build_site
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache  # a page refers to its notebook's values hundreds of times: look each notebook up once
 def _executed(nb: Path):
     executed = cached_notebook(nb)
     if executed is None:
